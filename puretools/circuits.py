@@ -1,0 +1,337 @@
+"""Circuit attributions: conditional relevance of a neuron flowing into the layer below, batched."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from typing import Literal
+
+import torch
+from torch import fx, nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from . import cache
+from .errors import PuretoolsError
+from .models import get_module, lrp_composite
+from .references import (
+    References,
+    check_images,
+    collate_images,
+    layer_output,
+    prepare_model,
+    resolve_device,
+)
+
+__all__ = ["circuit_attributions", "normalize_circuits", "subnetwork"]
+
+Method = Literal["gradient", "lrp"]
+Precision = Literal["float32", "tf32", "bfloat16"]
+
+
+class _LeafTracer(fx.Tracer):
+    """Traces through containers of the two named layers and keeps every other module whole.
+
+    Whole modules keep their zennit hooks and canonized forwards working in the subnetwork.
+    """
+
+    def __init__(self, targets: tuple[str, ...]) -> None:
+        super().__init__()
+        self.targets = targets
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return not (qualname == "" or any(t.startswith(qualname + ".") for t in self.targets))
+
+
+def subnetwork(model: nn.Module, lower_layer: str, layer: str) -> fx.GraphModule:
+    """The part of ``model`` that maps the output of ``lower_layer`` to the output of ``layer``.
+
+    Built by tracing the model with torch.fx and keeping only the nodes between the two
+    layers. The returned module shares its parameters (and hooks) with ``model``.
+
+    Raises
+    ------
+    PuretoolsError
+        If ``layer`` does not depend on ``lower_layer``, or also depends on the input through
+        a path that skips ``lower_layer`` (then a circuit from ``lower_layer`` alone is not
+        defined), or the model cannot be traced.
+
+    Examples
+    --------
+    >>> import torch, torch.nn as nn
+    >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
+    >>> sub = subnetwork(model, "0", "2")
+    >>> sub(torch.randn(1, 4, 6, 6)).shape
+    torch.Size([1, 2, 4, 4])
+    """
+    get_module(model, layer)
+    get_module(model, lower_layer)
+    if layer == lower_layer:
+        raise PuretoolsError(f"layer and lower_layer are both {layer!r}; lower_layer must be a layer below layer.")
+    try:
+        graph = _LeafTracer((layer, lower_layer)).trace(model)
+    except Exception as err:
+        raise PuretoolsError(
+            f"Could not trace the model with torch.fx to cut out the part between {lower_layer!r} "
+            f"and {layer!r} ({type(err).__name__}: {err}). Data-dependent control flow in "
+            "forward() prevents tracing; wrap that code in a module."
+        ) from err
+    nodes = {n.target: n for n in graph.nodes if n.op == "call_module"}
+    calls = [n for n in graph.nodes if n.op == "call_module" and n.target in (layer, lower_layer)]
+    for name in (layer, lower_layer):
+        count = sum(1 for n in calls if n.target == name)
+        if count != 1:
+            raise PuretoolsError(f"Layer {name!r} is called {count} times in forward(); it must be called exactly once.")
+    top, low = nodes[layer], nodes[lower_layer]
+    position = {n: i for i, n in enumerate(graph.nodes)}
+    if position[low] > position[top]:
+        raise PuretoolsError(
+            f"{lower_layer!r} runs after {layer!r} in the forward pass: lower_layer must be a "
+            f"layer below layer (e.g. layer='layer4', lower_layer='layer3')."
+        )
+
+    needed: set[fx.Node] = set()
+    stack = [top]
+    reached_lower = False
+    while stack:
+        node = stack.pop()
+        if node in needed:
+            continue
+        needed.add(node)
+        for parent in node.all_input_nodes:
+            if parent is low:
+                reached_lower = True
+            elif parent.op == "placeholder":
+                raise PuretoolsError(
+                    f"The output of {layer!r} also depends on the model input through a path that "
+                    f"skips {lower_layer!r}, so a circuit from {lower_layer!r} alone is not defined. "
+                    f"Pick as lower_layer the layer directly feeding {layer!r} (for ResNets: "
+                    "layer='layer4', lower_layer='layer3')."
+                )
+            else:
+                stack.append(parent)
+    if not reached_lower:
+        raise PuretoolsError(
+            f"The output of {layer!r} does not depend on {lower_layer!r}: lower_layer must be a "
+            f"layer below layer (e.g. layer='layer4', lower_layer='layer3')."
+        )
+    sub = fx.Graph()
+    env = {low: sub.placeholder("lower")}
+    for node in graph.nodes:
+        if node in needed:
+            env[node] = sub.node_copy(node, lambda n: env[n])
+    sub.output(env[top])
+    return fx.GraphModule(model, sub, class_name="Subnetwork")
+
+
+def normalize_circuits(circuits: torch.Tensor) -> torch.Tensor:
+    """Divide each circuit by the sum of absolute values over its last dim (zeros stay zero).
+
+    Examples
+    --------
+    >>> normalize_circuits(torch.tensor([[1.0, -3.0], [0.0, 0.0]]))
+    tensor([[ 0.2500, -0.7500],
+            [ 0.0000,  0.0000]])
+    """
+    norm = circuits.abs().sum(-1, keepdim=True)
+    return torch.where(norm > 0, circuits / norm.clamp_min(torch.finfo(circuits.dtype).tiny), circuits)
+
+
+def _reference_indices(references: References | torch.Tensor) -> torch.Tensor:
+    idx = references.indices if isinstance(references, References) else references
+    idx = torch.as_tensor(idx)
+    if idx.ndim != 2:
+        raise PuretoolsError(f"references must be References or a LongTensor [channels, n_ref]; got shape {tuple(idx.shape)}.")
+    return idx.long()
+
+
+def _precision_context(precision: str, device: torch.device):
+    if precision == "float32":
+        return contextlib.nullcontext()
+    if precision == "bfloat16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision == "tf32":
+        return _tf32()
+    raise PuretoolsError(f"precision must be 'float32', 'tf32' or 'bfloat16', not {precision!r}.")
+
+
+@contextlib.contextmanager
+def _tf32():
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def circuit_attributions(
+    model: nn.Module,
+    dataset: Dataset,
+    layer: str,
+    lower_layer: str,
+    references: References | torch.Tensor,
+    neurons: list[int] | torch.Tensor | None = None,
+    method: Method = "gradient",
+    batch_size: int = 256,
+    image_chunk: int = 512,
+    device: str | torch.device | None = None,
+    precision: Precision = "float32",
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Circuits of (neuron, reference) pairs: relevance of each neuron flowing into ``lower_layer``.
+
+    For neuron k of ``layer`` and a reference image x, the backward pass starts at ``layer``
+    with the incoming gradient ``relu(a_k)`` on channel k only (zero elsewhere) and goes down
+    to ``lower_layer``. ``method="gradient"``: relevance there is gradient x activation (the
+    PURE reference code). ``method="lrp"``: relevance is propagated with zennit's
+    ``EpsilonPlusFlat`` composite and the model's canonizers (CRP). The relevance is summed
+    over space and divided by its L1 norm over channels.
+
+    The lower-layer activations of each reference image are computed once, however many
+    neurons share it; then only the subnetwork between the two layers runs, forward and
+    backward, for ``batch_size`` pairs at a time, each with its own channel mask.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    dataset : torch.utils.data.Dataset
+        The data set the references index into; items are ``(image, ...)``.
+    layer, lower_layer : str
+        Module names, e.g. ``"layer4"`` and ``"layer3"``. ``layer``'s output must depend on
+        the input only through ``lower_layer``.
+    references : References or LongTensor [channels, n_ref]
+        From :func:`puretools.collect_references`.
+    neurons : sequence of int or None
+        Channels of ``layer`` to attribute; None means all.
+    method : {"gradient", "lrp"}
+    batch_size : int
+        (neuron, reference) pairs per forward/backward pass; lower it to save memory.
+    image_chunk : int
+        Reference images whose lower-layer activations are held at once.
+    device : str, torch.device or None
+        None: the model's device.
+    precision : {"float32", "tf32", "bfloat16"}
+        ``"bfloat16"`` runs the subnetwork under autocast; ``"tf32"`` allows TF32 matmuls on
+        CUDA. Both trade accuracy for speed (see benchmarks/RESULTS.md).
+    cache_dir : path or None
+        Store/reuse the result, fingerprinted by everything that determines it.
+    progress : bool
+        Show a tqdm progress bar over pairs.
+
+    Returns
+    -------
+    Tensor [len(neurons), n_ref, C_lower]
+        float32 circuits on the CPU, ordered like ``neurons`` and the references.
+
+    Examples
+    --------
+    >>> import torch, torch.nn as nn
+    >>> from torch.utils.data import TensorDataset
+    >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.ReLU()).eval()
+    >>> data = TensorDataset(torch.randn(30, 3, 10, 10))  # 30 images
+    >>> from puretools import collect_references
+    >>> refs = collect_references(model, data, "3", n_ref=5, progress=False)
+    >>> circuit_attributions(model, data, "3", "1", refs, progress=False).shape
+    torch.Size([4, 5, 8])
+    """
+    if method not in ("gradient", "lrp"):
+        raise PuretoolsError(f"method must be 'gradient' or 'lrp', not {method!r}.")
+    if batch_size < 1 or image_chunk < 1:
+        raise PuretoolsError("batch_size and image_chunk must be positive integers.")
+    device = resolve_device(device, model)
+    model = prepare_model(model, device)
+    sub = subnetwork(model, lower_layer, layer)
+    ref_idx = _reference_indices(references)
+    n_channels, n_ref = ref_idx.shape
+    if neurons is None:
+        neurons_t = torch.arange(n_channels)
+    else:
+        neurons_t = torch.as_tensor(neurons, dtype=torch.long).reshape(-1)
+        bad = neurons_t[(neurons_t < 0) | (neurons_t >= n_channels)]
+        if len(bad):
+            raise PuretoolsError(
+                f"Neuron index {int(bad[0])} is out of range: layer {layer!r} has {n_channels} "
+                f"channels, so neurons must lie in 0..{n_channels - 1}."
+            )
+    n_data = len(dataset)
+    if len(ref_idx) and (ref_idx.min() < 0 or ref_idx.max() >= n_data):
+        raise PuretoolsError(
+            f"The references index images up to {int(ref_idx.max())} but the data set holds "
+            f"{n_data}: were they collected on another data set?"
+        )
+
+    key = None
+    if cache_dir is not None:
+        key = cache.fingerprint(
+            kind="circuits",
+            model=cache.model_fingerprint(model),
+            dataset=cache.dataset_fingerprint(dataset),
+            layer=layer,
+            lower_layer=lower_layer,
+            references=ref_idx.tolist(),
+            neurons=neurons_t.tolist(),
+            method=method,
+            precision=precision,
+        )
+        hit = cache.load_cached(cache_dir, "circuits", key)
+        if hit is not None:
+            return hit["circuits"]
+
+    pair_images = ref_idx[neurons_t]  # [N, R] data-set index of each pair
+    pair_channel = neurons_t[:, None].expand(-1, n_ref)
+    flat_images = pair_images.reshape(-1)
+    order = torch.argsort(flat_images, stable=True)  # group pairs by image
+    unique_images, counts = torch.unique_consecutive(flat_images[order], return_counts=True)
+    pair_end = torch.cumsum(counts, 0)
+
+    out: torch.Tensor | None = None
+    composite = lrp_composite(model) if method == "lrp" else None
+    bar = tqdm(total=len(flat_images), desc=f"circuits {lower_layer}<-{layer}", disable=not progress)
+    with composite.context(model) if composite else contextlib.nullcontext():
+        for start in range(0, len(unique_images), image_chunk):
+            chunk = unique_images[start : start + image_chunk]
+            images = collate_images([dataset[int(i)] for i in chunk])
+            check_images(images, model)
+            with torch.no_grad(), _precision_context(precision, device):
+                lower = layer_output(model, lower_layer, images.to(device))
+            lower = lower.detach()
+            first = int(pair_end[start - 1]) if start else 0
+            last = int(pair_end[min(start + image_chunk, len(unique_images)) - 1])
+            pairs = order[first:last]  # flat pair ids whose image is in this chunk
+            local = torch.searchsorted(chunk, flat_images[pairs])  # row in `lower`
+            for b in range(0, len(pairs), batch_size):
+                pair_ids = pairs[b : b + batch_size]
+                x = lower[local[b : b + batch_size].to(device)].clone().requires_grad_(True)
+                with torch.enable_grad(), _precision_context(precision, device):
+                    y = sub(x)
+                    channel = pair_channel.reshape(-1)[pair_ids].to(device)
+                    rows = torch.arange(len(pair_ids), device=device)
+                    grad_out = torch.zeros_like(y)
+                    grad_out[rows, channel] = y.detach()[rows, channel].clamp(min=0)
+                    (grad,) = torch.autograd.grad(y, x, grad_out)
+                rel = grad * x.detach() if method == "gradient" else grad
+                rel = rel.float().flatten(2).sum(-1) if rel.ndim > 2 else rel.float()
+                if out is None:
+                    out = torch.zeros(len(flat_images), rel.shape[1])
+                out[pair_ids] = rel.cpu()
+                bar.update(len(pair_ids))
+    bar.close()
+    assert out is not None
+    circuits = normalize_circuits(out).reshape(len(neurons_t), n_ref, -1)
+    dead = [int(n) for n, c in zip(neurons_t, circuits) if not c.abs().sum()]
+    if dead:
+        warnings.warn(
+            f"Neuron(s) {dead} of {layer!r} have zero relevance for all their references "
+            "(dead neurons); their circuits are all zero.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    if key is not None:
+        cache.save_cached(
+            cache_dir, "circuits", key, {"circuits": circuits},
+            {"layer": layer, "lower_layer": lower_layer, "method": method, "precision": precision},
+        )
+    return circuits

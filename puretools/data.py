@@ -1,0 +1,72 @@
+"""Image data sets: ImageNet-style folders, their transforms, and un-normalising for display."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from .errors import PuretoolsError
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "denormalize", "image_folder", "load_dataset"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def denormalize(
+    images: torch.Tensor,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> torch.Tensor:
+    """Undo ``Normalize(mean, std)`` and clip to [0, 1]; works on [3, H, W] and [B, 3, H, W].
+
+    Examples
+    --------
+    >>> x = torch.zeros(3, 2, 2)
+    >>> denormalize(x)[:, 0, 0]
+    tensor([0.4850, 0.4560, 0.4060])
+    """
+    shape = (-1, 1, 1)
+    m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(shape)
+    s = torch.tensor(std, dtype=images.dtype, device=images.device).view(shape)
+    return (images * s + m).clamp(0, 1)
+
+
+def image_folder(root: str | os.PathLike, size: int = 224, resize: int | None = None) -> Dataset:
+    """An ImageNet-style folder (``root/class/image.jpg``) with the ImageNet evaluation transform.
+
+    Images are converted to RGB (grayscale and RGBA files are fine), resized so the short
+    side is ``resize`` (default ``size * 8 / 7``), centre-cropped to ``size`` and normalised.
+    """
+    from torchvision import datasets, transforms
+
+    root = Path(root)
+    if not root.is_dir():
+        raise PuretoolsError(f"Image folder {str(root)!r} does not exist.")
+    transform = transforms.Compose(
+        [
+            transforms.Lambda(lambda im: im.convert("RGB")),
+            transforms.Resize(resize or round(size * 8 / 7)),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    try:
+        return datasets.ImageFolder(str(root), transform=transform)
+    except (FileNotFoundError, RuntimeError) as err:
+        raise PuretoolsError(
+            f"No images found under {str(root)!r} ({err}). Expected the layout root/<class>/<image>.jpg."
+        ) from err
+
+
+def load_dataset(spec: str, size: int = 224) -> Dataset:
+    """A data set from a short spec: ``"toy:test"``, ``"toy:train"`` or a folder path."""
+    if spec.startswith("toy:"):
+        from .toyworld import ToyWorld
+
+        return ToyWorld(split=spec.split(":", 1)[1])
+    return image_folder(spec, size=size)

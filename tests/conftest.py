@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny seeded models and data sets that run in seconds on a 2-core CPU."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import puretools as pt
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every batch norm non-trivial statistics, so canonizers have something to merge."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+    return model
+
+
+class SmallVGG(nn.Module):
+    """A VGG-style network: plain conv/bn/relu/pool stack, then a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),  # 0 1 2
+            nn.MaxPool2d(2),  # 3
+            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),  # 4 5 6
+            nn.Conv2d(16, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(),  # 7 8 9
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(12, 5)
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+@pytest.fixture(scope="session")
+def resnet18():
+    torch.manual_seed(0)
+    return randomize_batchnorm(pt.load_model("resnet18", weights=None))
+
+
+@pytest.fixture(scope="session")
+def small_images():
+    g = torch.Generator().manual_seed(1)
+    return TensorDataset(torch.randn(40, 3, 48, 48, generator=g), torch.arange(40))
+
+
+@pytest.fixture(scope="session")
+def vgg():
+    torch.manual_seed(0)
+    return randomize_batchnorm(SmallVGG()).eval()
