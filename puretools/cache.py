@@ -15,7 +15,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["dataset_fingerprint", "fingerprint", "load_cached", "model_fingerprint", "save_cached"]
+__all__ = [
+    "dataset_fingerprint",
+    "fingerprint",
+    "load_cached",
+    "model_fingerprint",
+    "remove_cached",
+    "save_cached",
+]
 
 
 def _version() -> str:
@@ -129,3 +136,8 @@ def load_cached(
             stacklevel=3,
         )
         return None
+
+
+def remove_cached(cache_dir: str | os.PathLike, kind: str, key: str) -> None:
+    """Delete the file stored under ``key`` (e.g. a checkpoint once the run is complete)."""
+    _path(cache_dir, kind, key).unlink(missing_ok=True)

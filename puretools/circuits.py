@@ -9,7 +9,7 @@ from typing import Literal
 
 import torch
 from torch import fx, nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from . import cache
@@ -19,7 +19,7 @@ from .references import (
     References,
     check_images,
     collate_images,
-    layer_output,
+    forward_to,
     prepare_model,
     resolve_device,
 )
@@ -166,6 +166,15 @@ def _tf32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
+def _load_images(dataset: Dataset, indices: torch.Tensor, num_workers: int) -> torch.Tensor:
+    if num_workers <= 0:
+        return collate_images([dataset[int(i)] for i in indices])
+    loader = DataLoader(
+        Subset(dataset, indices.tolist()), batch_size=64, num_workers=num_workers, collate_fn=collate_images
+    )
+    return torch.cat(list(loader))
+
+
 def circuit_attributions(
     model: nn.Module,
     dataset: Dataset,
@@ -180,6 +189,8 @@ def circuit_attributions(
     precision: Precision = "float32",
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    num_workers: int = 0,
+    checkpoint_every: int = 20,
 ) -> torch.Tensor:
     """Circuits of (neuron, reference) pairs: relevance of each neuron flowing into ``lower_layer``.
 
@@ -220,6 +231,11 @@ def circuit_attributions(
         Store/reuse the result, fingerprinted by everything that determines it.
     progress : bool
         Show a tqdm progress bar over pairs.
+    num_workers : int
+        Data-loading worker processes for the reference images.
+    checkpoint_every : int
+        With a ``cache_dir``, save partial results every this many image chunks; re-running
+        the same call after an interruption continues from there. 0 disables checkpoints.
 
     Returns
     -------
@@ -288,18 +304,26 @@ def circuit_attributions(
     pair_end = torch.cumsum(counts, 0)
 
     out: torch.Tensor | None = None
+    first_chunk = 0
+    if key is not None and checkpoint_every:
+        state = cache.load_cached(cache_dir, "circuits-partial", key)
+        if state is not None:  # an interrupted run with the same fingerprint: continue it
+            out, first_chunk = state["out"], int(state["next"])
     composite = lrp_composite(model) if method == "lrp" else None
-    bar = tqdm(total=len(flat_images), desc=f"circuits {lower_layer}<-{layer}", disable=not progress)
+    done = int(pair_end[first_chunk - 1]) if first_chunk else 0
+    bar = tqdm(total=len(flat_images), initial=done, desc=f"circuits {lower_layer}<-{layer}",
+               disable=not progress, unit="pair")
     with composite.context(model) if composite else contextlib.nullcontext():
-        for start in range(0, len(unique_images), image_chunk):
+        for chunk_number, start in enumerate(range(first_chunk, len(unique_images), image_chunk), 1):
             chunk = unique_images[start : start + image_chunk]
-            images = collate_images([dataset[int(i)] for i in chunk])
+            images = _load_images(dataset, chunk, num_workers)
             check_images(images, model)
             with torch.no_grad(), _precision_context(precision, device):
-                lower = layer_output(model, lower_layer, images.to(device))
+                lower = forward_to(model, lower_layer, images.to(device, non_blocking=True))
             lower = lower.detach()
             first = int(pair_end[start - 1]) if start else 0
-            last = int(pair_end[min(start + image_chunk, len(unique_images)) - 1])
+            end = min(start + image_chunk, len(unique_images))
+            last = int(pair_end[end - 1])
             pairs = order[first:last]  # flat pair ids whose image is in this chunk
             local = torch.searchsorted(chunk, flat_images[pairs])  # row in `lower`
             for b in range(0, len(pairs), batch_size):
@@ -318,6 +342,8 @@ def circuit_attributions(
                     out = torch.zeros(len(flat_images), rel.shape[1])
                 out[pair_ids] = rel.cpu()
                 bar.update(len(pair_ids))
+            if key is not None and checkpoint_every and chunk_number % checkpoint_every == 0 and end < len(unique_images):
+                cache.save_cached(cache_dir, "circuits-partial", key, {"out": out, "next": torch.tensor(end)})
     bar.close()
     assert out is not None
     circuits = normalize_circuits(out).reshape(len(neurons_t), n_ref, -1)
@@ -334,4 +360,5 @@ def circuit_attributions(
             cache_dir, "circuits", key, {"circuits": circuits},
             {"layer": layer, "lower_layer": lower_layer, "method": method, "precision": precision},
         )
+        cache.remove_cached(cache_dir, "circuits-partial", key)
     return circuits

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from . import cache
@@ -81,7 +81,20 @@ def _first_item(item: Any) -> torch.Tensor:
 
 def collate_images(batch: list) -> torch.Tensor:
     """Stack the images of ``(image, ...)`` items, ignoring the rest of each item."""
-    return torch.stack([_first_item(item) for item in batch])
+    images = [_first_item(item) for item in batch]
+    if not all(isinstance(im, torch.Tensor) for im in images):
+        kinds = sorted({type(im).__name__ for im in images})
+        raise PuretoolsError(
+            f"Data-set items must start with an image tensor, got {kinds}. Add "
+            "torchvision.transforms.ToTensor() (and Normalize) to the data set's transform."
+        )
+    sizes = sorted({tuple(im.shape) for im in images})
+    if len(sizes) > 1:
+        raise PuretoolsError(
+            f"Images of different sizes in one batch: {sizes[:3]}. Resize and crop them to one "
+            "size in the data set's transform (e.g. Resize(256) + CenterCrop(224))."
+        )
+    return torch.stack(images)
 
 
 def _expected_in_channels(model: nn.Module) -> int | None:
@@ -147,6 +160,20 @@ def layer_output(model: nn.Module, layer: str, images: torch.Tensor) -> torch.Te
     return store["out"]
 
 
+def forward_to(model: nn.Module, layer: str, images: torch.Tensor) -> torch.Tensor:
+    """:func:`layer_output`, turning shape errors of the model into a clear message."""
+    try:
+        return layer_output(model, layer, images)
+    except RuntimeError as err:
+        if any(w in str(err) for w in ("size", "shape", "Kernel", "mat1")):
+            raise PuretoolsError(
+                f"The model could not process images of shape {tuple(images.shape[1:])} "
+                f"({err}). Resize the images to the size the model expects (224 x 224 for "
+                "ImageNet ResNets, the toy world's own size for the toy model)."
+            ) from err
+        raise
+
+
 def check_dataset(dataset: Dataset, n_ref: int | None = None) -> int:
     """Length of ``dataset``; clear errors when it is empty or smaller than ``n_ref``."""
     n = len(dataset)
@@ -170,6 +197,7 @@ def collect_references(
     num_workers: int = 0,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    checkpoint_every: int = 50,
 ) -> References:
     """Top ``n_ref`` samples of every channel of ``layer``, ranked by spatial max activation.
 
@@ -196,6 +224,10 @@ def collect_references(
         weights, the data set, ``layer`` and ``n_ref``; a matching file is reused.
     progress : bool
         Show a tqdm progress bar.
+    checkpoint_every : int
+        With a ``cache_dir``, save the running state every this many batches; re-running
+        the same call after an interruption continues from there and gives the same
+        result as an uninterrupted run. 0 disables checkpoints.
 
     Returns
     -------
@@ -230,20 +262,26 @@ def collect_references(
         if hit is not None:
             return References(hit["indices"], hit["values"], layer)
 
+    values = indices = None
+    start = 0
+    if key is not None and checkpoint_every:
+        state = cache.load_cached(cache_dir, "references-partial", key)
+        if state is not None:  # an interrupted run with the same fingerprint: continue it
+            values, indices = state["values"].to(device), state["indices"].to(device)
+            start = int(state["next"])
     loader = DataLoader(
-        dataset,
+        Subset(dataset, range(start, n)) if start else dataset,
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
         collate_fn=collate_images,
         pin_memory=device.type == "cuda",
     )
-    values = indices = None
-    start = 0
+    bar = tqdm(total=n, initial=start, desc=f"references @ {layer}", disable=not progress, unit="img")
     with torch.inference_mode():
-        for images in tqdm(loader, desc=f"references @ {layer}", disable=not progress):
+        for batch_number, images in enumerate(loader, 1):
             check_images(images, model, start)
-            out = layer_output(model, layer, images.to(device, non_blocking=True))
+            out = forward_to(model, layer, images.to(device, non_blocking=True))
             if out.ndim < 2:
                 raise PuretoolsError(f"Layer {layer!r} output has shape {tuple(out.shape)}; expected [B, C, ...].")
             batch_max = out.flatten(2).amax(-1) if out.ndim > 2 else out
@@ -258,6 +296,13 @@ def collect_references(
             values = values.gather(1, order)
             indices = indices.gather(1, order)
             start += len(images)
+            bar.update(len(images))
+            if key is not None and checkpoint_every and batch_number % checkpoint_every == 0 and start < n:
+                cache.save_cached(
+                    cache_dir, "references-partial", key,
+                    {"values": values, "indices": indices, "next": torch.tensor(start)},
+                )
+    bar.close()
     assert start == n and values is not None
     result = References(indices.cpu(), values.cpu(), layer)
     if key is not None:
@@ -268,4 +313,5 @@ def collect_references(
             {"indices": result.indices, "values": result.values},
             {"layer": layer, "n_ref": n_ref, "dataset_len": n},
         )
+        cache.remove_cached(cache_dir, "references-partial", key)
     return result

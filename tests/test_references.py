@@ -109,3 +109,36 @@ def test_corrupt_cache_is_recomputed_with_warning(vgg, small_images, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # rewritten: a clean hit now
         pt.collect_references(vgg, small_images, "features.9", n_ref=5, cache_dir=tmp_path, progress=False)
+
+
+def test_images_of_the_wrong_size_for_the_model():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 5)).eval()
+    data = TensorDataset(torch.randn(4, 3, 12, 12))  # the model expects 8 x 8
+    with pytest.raises(pt.PuretoolsError, match=r"images of shape \(3, 12, 12\).*Resize the images"):
+        pt.collect_references(model, data, "2", n_ref=2, progress=False)
+
+
+def test_images_of_mixed_sizes(vgg):
+    class Mixed(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.zeros(3, 8 + i, 8), i
+
+    with pytest.raises(pt.PuretoolsError, match="different sizes.*Resize"):
+        pt.collect_references(vgg, Mixed(), "features.9", n_ref=2, progress=False)
+
+
+def test_items_that_are_not_tensors(vgg):
+    from PIL import Image
+
+    class Pil(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return Image.new("RGB", (8, 8)), i
+
+    with pytest.raises(pt.PuretoolsError, match="ToTensor"):
+        pt.collect_references(vgg, Pil(), "features.9", n_ref=1, progress=False)
