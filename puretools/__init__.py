@@ -3,13 +3,50 @@
 __version__ = "0.1.0"
 
 from .circuits import circuit_attributions, subnetwork
+from .embed import ClipEmbedder, ConceptEmbedder, DinoEmbedder, Embedder, embed_dataset
 from .errors import CacheError, PuretoolsError, WeightsNotFoundError
+from .evaluate import (
+    PAPER_CORRELATIONS,
+    PAPER_DISTANCES,
+    DistanceTable,
+    MeanSem,
+    cluster_distances,
+    distance_correlation,
+    evaluate_clusterings,
+    polysemanticity_scores,
+    rank_polysemantic,
+)
 from .models import canonizer_report, canonizers_for, get_module, layer_names, load_model, lrp_composite
+from .patches import (
+    crop_box,
+    crop_patch,
+    masked_patch,
+    patches_from_heatmaps,
+    reference_heatmaps,
+    reference_patches,
+    relevance_map,
+)
+from .plots import (
+    patch_grid,
+    plot_cluster_distances,
+    plot_distance_correlation,
+    plot_umap,
+    umap_embedding,
+    virtual_neuron_grids,
+)
 from .references import References, collect_references
 from .virtual import VirtualNeurons, activation_features
 
 __all__ = [
+    "PAPER_CORRELATIONS",
+    "PAPER_DISTANCES",
     "CacheError",
+    "ClipEmbedder",
+    "ConceptEmbedder",
+    "DinoEmbedder",
+    "DistanceTable",
+    "Embedder",
+    "MeanSem",
     "PuretoolsError",
     "References",
     "VirtualNeurons",
@@ -19,10 +56,29 @@ __all__ = [
     "canonizer_report",
     "canonizers_for",
     "circuit_attributions",
+    "cluster_distances",
     "collect_references",
+    "crop_box",
+    "crop_patch",
+    "distance_correlation",
+    "embed_dataset",
+    "evaluate_clusterings",
     "get_module",
     "layer_names",
     "load_model",
     "lrp_composite",
+    "masked_patch",
+    "patch_grid",
+    "patches_from_heatmaps",
+    "plot_cluster_distances",
+    "plot_distance_correlation",
+    "plot_umap",
+    "polysemanticity_scores",
+    "rank_polysemantic",
+    "reference_heatmaps",
+    "reference_patches",
+    "relevance_map",
     "subnetwork",
+    "umap_embedding",
+    "virtual_neuron_grids",
 ]

@@ -53,7 +53,9 @@ def dataset_fingerprint(dataset: Any) -> str:
     """Identity of a data set: its type, length, own ``fingerprint`` if any, and sample contents.
 
     Hashes the type name, ``len``, a ``fingerprint`` attribute when the data set has one,
-    the file list of image folders (``.samples``), and the first, middle and last images.
+    the file list of image folders (``.samples``), all tensors of a ``TensorDataset``, and
+    the first, middle and last images. Data sets that are neither should define a
+    ``fingerprint`` attribute if two of them can have the same length and end images.
     """
     digest = hashlib.sha256()
     n = len(dataset)
@@ -61,6 +63,10 @@ def dataset_fingerprint(dataset: Any) -> str:
     own = getattr(dataset, "fingerprint", None)
     if own is not None:
         digest.update(str(own() if callable(own) else own).encode())
+    tensors = getattr(dataset, "tensors", None)  # TensorDataset: cheap to hash whole
+    if isinstance(tensors, tuple):
+        for t in tensors:
+            digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     samples = getattr(dataset, "samples", None)
     if isinstance(samples, list):
         digest.update(json.dumps([str(s) for s in samples]).encode())

@@ -2,9 +2,6 @@
 
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network
-os.environ.setdefault("MPLBACKEND", "Agg")
-
 import pytest
 import torch
 from torch import nn

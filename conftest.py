@@ -1,0 +1,6 @@
+"""Root conftest: settings for every test and doctest, so nothing reaches the network or a display."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")

@@ -1,0 +1,526 @@
+"""Figures: the paper's summary bars, patch grids per virtual neuron, UMAP of circuits with thumbnails."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from .errors import PuretoolsError
+from .evaluate import DistanceTable, MeanSem
+
+__all__ = [
+    "cluster_colors",
+    "patch_grid",
+    "plot_cluster_distances",
+    "plot_distance_correlation",
+    "plot_umap",
+    "umap_embedding",
+    "virtual_neuron_grids",
+]
+
+_INTRA_COLOR = "#0094FF"  # the paper's colours
+_INTER_COLOR = "#E33FDD"
+
+
+def cluster_colors(k: int) -> list[tuple[float, float, float, float]]:
+    """The colour of each virtual neuron 0..k-1, shared by all figures (matplotlib ``tab10``).
+
+    Examples
+    --------
+    >>> len(cluster_colors(3)), cluster_colors(12)[10] == cluster_colors(12)[0]
+    (3, True)
+    """
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(k)]
+
+
+def _new_figure(ax, figsize, dpi):
+    """``(fig, ax)``: ``ax``'s figure, or a new figure closed in pyplot.
+
+    Closing it keeps Jupyter from drawing it a second time: it shows as a cell's value or
+    with ``display(fig)``.
+    """
+    if ax is not None:
+        return ax.figure, ax
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
+    plt.close(fig)
+    return fig, ax
+
+
+def _save(fig, path: str | os.PathLike | None):
+    """Save as PNG at the figure's own dpi (so the file is ``figsize * dpi`` pixels)."""
+    if path is not None:
+        fig.savefig(path, dpi=fig.dpi)
+    return fig
+
+
+def _as_mean_sem(value) -> MeanSem:
+    if isinstance(value, MeanSem):
+        return value
+    if isinstance(value, (tuple, list)):
+        return MeanSem(float(value[0]), float(value[1]) if len(value) > 1 else math.nan)
+    return MeanSem(float(value), math.nan)
+
+
+def _err(sem: float) -> float:
+    return 0.0 if sem is None or math.isnan(sem) else sem
+
+
+def plot_cluster_distances(
+    table: DistanceTable,
+    ax=None,
+    path: str | os.PathLike | None = None,
+    title: str | None = None,
+    figsize: tuple[float, float] = (6.0, 4.0),
+    dpi: float = 100,
+):
+    """The paper's first summary figure: intra and inter distance per method, unclustered as a line.
+
+    Bars are side by side per method (intra: blue, lower is purer; inter: pink, higher is
+    better separated) with error bars of one standard error, and the mean distance without
+    clustering as a dashed horizontal line. The y axis starts near the smallest value, not
+    at zero, so that differences of a few percent are visible.
+
+    Parameters
+    ----------
+    table : DistanceTable
+        From :func:`puretools.evaluate.evaluate_clusterings`, or ``PAPER_DISTANCES``.
+    ax : matplotlib Axes or None
+        Draw into this axes (e.g. a widget's); None makes a new figure.
+    path : path or None
+        Save the figure as PNG there (the whole figure ``ax`` belongs to, at its dpi).
+    title : str or None
+        Default: the table's evaluation space.
+    figsize, dpi
+        Of a new figure (``figsize * dpi`` pixels when saved).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from puretools.evaluate import PAPER_DISTANCES
+    >>> fig = plot_cluster_distances(PAPER_DISTANCES)
+    >>> [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    ['DINOv2', 'PURE', 'activations']
+    """
+    fig, ax = _new_figure(ax, figsize, dpi)
+    methods = table.methods
+    x = np.arange(len(methods))
+    width = 0.38
+    intra = [r.intra for r in table.rows]
+    inter = [r.inter for r in table.rows]
+    ax.bar(x - width / 2, [m.mean for m in intra], width, yerr=[_err(m.sem) for m in intra],
+           color=_INTRA_COLOR, label="intra (lower is purer)", capsize=3)
+    ax.bar(x + width / 2, [m.mean for m in inter], width, yerr=[_err(m.sem) for m in inter],
+           color=_INTER_COLOR, label="inter (higher is better)", capsize=3)
+    values = [m.mean for m in intra + inter]
+    if not math.isnan(table.unclustered.mean):
+        ax.axhline(table.unclustered.mean, color="black", linestyle="--", linewidth=1,
+                   label=f"unclustered ({table.unclustered.mean:.2f})")
+        values.append(table.unclustered.mean)
+    finite = [v for v in values if math.isfinite(v)]
+    if finite:
+        lo, hi = min(finite), max(finite)
+        span = (hi - lo) or abs(hi) or 1.0
+        ax.set_ylim(max(0.0, lo - 0.6 * span) if lo >= 0 else lo - 0.6 * span, hi + 0.4 * span)
+    ax.set_xticks(x, methods)
+    ax.set_ylabel("mean Euclidean distance")
+    ax.set_title(title if title is not None else table.space)
+    ax.legend(loc="lower right", fontsize="small")
+    return _save(fig, path)
+
+
+def plot_distance_correlation(
+    correlations: Mapping[str, MeanSem | tuple[float, float] | float],
+    ax=None,
+    path: str | os.PathLike | None = None,
+    title: str | None = "correlation of pairwise distances with CLIP",
+    figsize: tuple[float, float] = (5.0, 4.0),
+    dpi: float = 100,
+):
+    """The paper's second summary figure: Pearson r per space, with one standard error.
+
+    Parameters
+    ----------
+    correlations : mapping of name -> MeanSem, (mean, sem) or mean
+        From :func:`puretools.evaluate.distance_correlation`, or ``PAPER_CORRELATIONS``.
+    ax, path, title, figsize, dpi
+        As in :func:`plot_cluster_distances`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> fig = plot_distance_correlation({"PURE": (0.38, 0.02), "activations": 0.17})
+    >>> [round(float(p.get_height()), 2) for p in fig.axes[0].patches]
+    [0.38, 0.17]
+    """
+    fig, ax = _new_figure(ax, figsize, dpi)
+    names = list(correlations)
+    values = [_as_mean_sem(correlations[n]) for n in names]
+    colors = cluster_colors(len(names))
+    ax.bar(np.arange(len(names)), [v.mean for v in values], yerr=[_err(v.sem) for v in values],
+           color=colors, capsize=3)
+    for i, v in enumerate(values):
+        if math.isfinite(v.mean):
+            ax.text(i, v.mean, f"{v.mean:.2f}", ha="center", va="bottom", fontsize="small")
+    ax.set_xticks(np.arange(len(names)), names)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylabel("Pearson r")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def _check_patches(patches: torch.Tensor) -> torch.Tensor:
+    patches = torch.as_tensor(patches).detach().float().cpu()
+    if patches.ndim != 4 or patches.shape[1] not in (1, 3):
+        raise PuretoolsError(f"Expected patches [n, 3, s, s], got shape {tuple(patches.shape)}.")
+    return patches.clamp(0, 1)
+
+
+def _mosaic(patches: torch.Tensor, ncols: int, pad: int = 2) -> np.ndarray:
+    """Patches [n, 3, s, s] laid out in rows of ``ncols`` on white: array [H, W, 3]."""
+    n, c, h, w = patches.shape
+    nrows = max(1, math.ceil(n / ncols))
+    out = torch.ones(c, nrows * (h + pad) + pad, ncols * (w + pad) + pad)
+    for i, p in enumerate(patches):
+        r, q = divmod(i, ncols)
+        out[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = p
+    if c == 1:
+        out = out.expand(3, -1, -1)
+    return out.permute(1, 2, 0).numpy()
+
+
+def patch_grid(
+    patches: torch.Tensor,
+    ncols: int = 10,
+    title: str | None = None,
+    ax=None,
+    path: str | os.PathLike | None = None,
+    figsize: tuple[float, float] | None = None,
+    dpi: float = 100,
+):
+    """Reference patches in a grid, row by row in the given order.
+
+    Parameters
+    ----------
+    patches : Tensor [n, 3, s, s]
+        Values in [0, 1] (e.g. :func:`puretools.patches.reference_patches`).
+    ncols : int
+    title : str or None
+    ax, path, dpi
+        As in :func:`plot_cluster_distances`.
+    figsize : (float, float) or None
+        Default: 1 inch per patch, plus room for the title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> fig = patch_grid(torch.rand(12, 3, 8, 8), ncols=6, title="neuron 3")
+    >>> fig.axes[0].images[0].get_array().shape  # 2 rows x 6 columns of 8 px, 2 px padding
+    (22, 62, 3)
+    """
+    patches = _check_patches(patches)
+    ncols = max(1, min(ncols, len(patches))) if len(patches) else max(1, ncols)
+    nrows = max(1, math.ceil(len(patches) / ncols))
+    if figsize is None:
+        figsize = (max(2.0, ncols * 1.0), nrows * 1.0 + (0.4 if title else 0.1))
+    own_figure = ax is None
+    fig, ax = _new_figure(ax, figsize, dpi)
+    if len(patches):
+        ax.imshow(_mosaic(patches, ncols), interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    if own_figure:
+        fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.99 if not title else 1 - 0.35 / figsize[1])
+    return _save(fig, path)
+
+
+def virtual_neuron_grids(
+    patches: torch.Tensor,
+    labels: torch.Tensor | np.ndarray,
+    per_cluster: int = 8,
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+    figsize: tuple[float, float] | None = None,
+    dpi: float = 100,
+):
+    """One row of reference patches per virtual neuron.
+
+    Each row shows the first ``per_cluster`` references of that virtual neuron in reference
+    order (most activating first), labelled with its number and size and framed in its
+    colour (:func:`cluster_colors`, the same as in :func:`plot_umap`).
+
+    Parameters
+    ----------
+    patches : Tensor [n_ref, 3, s, s]
+        Values in [0, 1].
+    labels : LongTensor [n_ref]
+        Virtual neuron of each reference, 0..k-1.
+    per_cluster : int
+    title, path, figsize, dpi
+        As in :func:`patch_grid`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> fig = virtual_neuron_grids(torch.rand(10, 3, 8, 8), torch.tensor([0, 1] * 5), per_cluster=3)
+    >>> [ax.get_ylabel() for ax in fig.axes]
+    ['VN 0\\n(n=5)', 'VN 1\\n(n=5)']
+    """
+    import matplotlib.pyplot as plt
+
+    patches = _check_patches(patches)
+    labels = np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64).reshape(-1)
+    if len(labels) != len(patches):
+        raise PuretoolsError(f"Got {len(patches)} patches but {len(labels)} labels.")
+    if per_cluster < 1:
+        raise PuretoolsError("per_cluster must be a positive integer.")
+    clusters = list(range(int(labels.max()) + 1)) if len(labels) else []
+    k = max(1, len(clusters))
+    if figsize is None:
+        figsize = (per_cluster * 1.0 + 0.8, k * 1.05 + (0.4 if title else 0.1))
+    fig, axes = plt.subplots(k, 1, figsize=figsize, dpi=dpi, squeeze=False)
+    plt.close(fig)
+    colors = cluster_colors(k)
+    blank = torch.ones(1, *patches.shape[1:])
+    for row, c in enumerate(clusters or [0]):
+        ax = axes[row, 0]
+        members = np.flatnonzero(labels == c)
+        shown = patches[members[:per_cluster]] if len(members) else patches[:0]
+        if len(shown) < per_cluster:
+            shown = torch.cat([shown, blank.expand(per_cluster - len(shown), -1, -1, -1)])
+        ax.imshow(_mosaic(shown, per_cluster), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_edgecolor(colors[row])
+            spine.set_linewidth(3)
+        ax.set_ylabel(f"VN {c}\n(n={len(members)})", rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title)
+    fig.subplots_adjust(left=0.75 / figsize[0], right=0.99, bottom=0.02, hspace=0.08,
+                        top=1 - (0.4 if title else 0.05) / figsize[1])
+    return _save(fig, path)
+
+
+def umap_embedding(
+    features: torch.Tensor | np.ndarray,
+    seed: int = 0,
+    n_neighbors: int | None = None,
+    min_dist: float = 0.1,
+    metric: str = "euclidean",
+) -> np.ndarray:
+    """2-D UMAP of one neuron's circuits (or any per-reference features), seeded.
+
+    umap-learn is imported here, not at module import: its first import and first fit take
+    5-20 s (numba compiles its kernels); later calls in the same process are fast. Cache the
+    result (e.g. per neuron in a widget) and redraw with :func:`plot_umap`. With a seed UMAP
+    runs single-threaded and is reproducible.
+
+    Parameters
+    ----------
+    features : Tensor [n, D]
+    seed : int
+        UMAP's ``random_state``.
+    n_neighbors : int or None
+        Default ``min(15, n - 1)`` (fits the 100 references of a neuron).
+    min_dist : float
+    metric : str
+
+    Returns
+    -------
+    ndarray [n, 2]
+    """
+    x = np.asarray(torch.as_tensor(features).detach().double().cpu(), dtype=np.float64)
+    if x.ndim != 2:
+        raise PuretoolsError(f"Expected features [n, D], got shape {x.shape}.")
+    n = len(x)
+    if n < 4:
+        raise PuretoolsError(f"UMAP needs at least 4 points, got {n}.")
+    neighbours = min(15, n - 1) if n_neighbors is None else int(n_neighbors)
+    if not 2 <= neighbours < n:
+        raise PuretoolsError(f"n_neighbors must lie in 2..{n - 1} for {n} points.")
+    import warnings
+
+    import umap  # slow first import (numba)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*n_jobs value.*")
+        warnings.filterwarnings("ignore", message=".*spectral initialisation.*")
+        reducer = umap.UMAP(n_components=2, n_neighbors=neighbours, min_dist=min_dist, metric=metric,
+                            random_state=seed, n_jobs=1)
+        return np.asarray(reducer.fit_transform(x), dtype=np.float64)
+
+
+def _spread_points(coords: np.ndarray, m: int, min_gap: float = 0.0) -> list[int]:
+    """Up to ``m`` indices covering ``coords``, at least ``min_gap`` apart (max-norm).
+
+    Farthest-point order starting from point 0 (deterministic); a point closer than
+    ``min_gap`` to one already taken is skipped, so thumbnails placed there do not overlap.
+    """
+    n = len(coords)
+    if m <= 0 or n == 0:
+        return []
+    order = [0]
+    dist = np.abs(coords - coords[0]).max(1)
+    while len(order) < n:
+        nxt = int(dist.argmax())
+        if dist[nxt] <= 0:  # only duplicates left
+            break
+        order.append(nxt)
+        dist = np.minimum(dist, np.abs(coords - coords[nxt]).max(1))
+    chosen: list[int] = []
+    for i in order:
+        if all(np.abs(coords[i] - coords[j]).max() >= min_gap for j in chosen):
+            chosen.append(i)
+            if len(chosen) == m:
+                break
+    return chosen
+
+
+def _density_contours(ax, points: np.ndarray, color, extent) -> bool:
+    from scipy.stats import gaussian_kde
+
+    if len(points) < 3:
+        return False
+    try:
+        kde = gaussian_kde(points.T)
+    except (np.linalg.LinAlgError, ValueError):  # collinear or duplicate points
+        return False
+    (x0, x1), (y0, y1) = extent
+    gx, gy = np.meshgrid(np.linspace(x0, x1, 80), np.linspace(y0, y1, 80))
+    density = kde(np.vstack([gx.ravel(), gy.ravel()])).reshape(gx.shape)
+    peak = density.max()
+    if not np.isfinite(peak) or peak <= 0:
+        return False
+    ax.contour(gx, gy, density, levels=peak * np.array([0.2, 0.45, 0.7]), colors=[color],
+               linewidths=1.0, alpha=0.8)
+    return True
+
+
+def plot_umap(
+    coords: np.ndarray | torch.Tensor,
+    labels: torch.Tensor | np.ndarray | None = None,
+    thumbnails: torch.Tensor | None = None,
+    n_thumbnails: int = 12,
+    contours: bool = True,
+    zoom: float | None = None,
+    title: str | None = None,
+    ax=None,
+    path: str | os.PathLike | None = None,
+    figsize: tuple[float, float] = (6.0, 6.0),
+    dpi: float = 100,
+):
+    """A neuron's references in 2-D (e.g. :func:`umap_embedding` of their circuits), by virtual neuron.
+
+    Points are coloured by virtual neuron (:func:`cluster_colors`), with per-cluster density
+    contours (Gaussian KDE at 20/45/70 % of its peak) and reference-patch thumbnails framed in
+    their cluster's colour on up to ``n_thumbnails`` points chosen to cover the plot without
+    overlapping (farthest-point order starting from the most activating reference; points
+    too close to a thumbnail already placed are skipped, so tight clusters get fewer).
+
+    Parameters
+    ----------
+    coords : array [n, 2]
+    labels : LongTensor [n] or None
+        Virtual neuron per reference; None: all one colour.
+    thumbnails : Tensor [n, 3, s, s] or None
+        Patches in [0, 1] (e.g. :func:`puretools.patches.reference_patches`).
+    n_thumbnails : int
+    contours : bool
+    zoom : float or None
+        Thumbnail scale; default: 0.5 inch wide.
+    title, ax, path, figsize, dpi
+        As in :func:`plot_cluster_distances`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> coords = np.random.default_rng(0).normal(size=(20, 2))
+    >>> fig = plot_umap(coords, labels=np.arange(20) % 2, thumbnails=torch.rand(20, 3, 8, 8), n_thumbnails=4)
+    >>> len(fig.axes[0].artists)  # the thumbnails
+    4
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+    xy = np.asarray(torch.as_tensor(coords).detach().double().cpu(), dtype=np.float64)
+    if xy.ndim != 2 or xy.shape[1] != 2:
+        raise PuretoolsError(f"Expected coords [n, 2], got shape {xy.shape}.")
+    n = len(xy)
+    lab = np.zeros(n, dtype=np.int64) if labels is None else np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64).reshape(-1)
+    if n == 0:
+        raise PuretoolsError("No points to plot.")
+    if len(lab) != n:
+        raise PuretoolsError(f"Got {n} points but {len(lab)} labels.")
+    if thumbnails is not None:
+        thumbnails = _check_patches(thumbnails)
+        if len(thumbnails) != n:
+            raise PuretoolsError(f"Got {n} points but {len(thumbnails)} thumbnails.")
+    fig, ax = _new_figure(ax, figsize, dpi)
+    k = int(lab.max()) + 1
+    colors = cluster_colors(k)
+    # thumbnail side as a fraction of the axes; the limits leave half of it as margin
+    box = ax.get_position()
+    ax_inches = min(box.width * fig.get_figwidth(), box.height * fig.get_figheight())
+    thumb_inches = 0.0
+    if thumbnails is not None:
+        side = thumbnails.shape[-1]
+        zoom = (0.5 * 72 / side) if zoom is None else zoom  # OffsetImage: zoom 1 = 1 px per point
+        thumb_inches = side * zoom / 72 + 0.06  # image plus frame
+    frac = min(0.45, thumb_inches / ax_inches) if ax_inches > 0 else 0.0
+    lo, hi = xy.min(0), xy.max(0)
+    span = np.where(hi - lo > 0, hi - lo, 1.0)
+    margin = span * (0.06 + frac / 2) / (1 - 2 * (0.06 + frac / 2))
+    extent = ((lo[0] - margin[0], hi[0] + margin[0]), (lo[1] - margin[1], hi[1] + margin[1]))
+    handles = []
+    for c in range(k):
+        pts = xy[lab == c]
+        if not len(pts):
+            continue
+        ax.scatter(pts[:, 0], pts[:, 1], s=14, color=colors[c], alpha=0.85, linewidths=0, zorder=2)
+        if contours:
+            _density_contours(ax, pts, colors[c], extent)
+        handles.append(Line2D([], [], marker="o", linestyle="", color=colors[c], label=f"VN {c} (n={len(pts)})"))
+    if thumbnails is not None:
+        full = np.array([extent[0][1] - extent[0][0], extent[1][1] - extent[1][0]])
+        for i in _spread_points((xy - lo) / full, n_thumbnails, min_gap=frac):
+            image = OffsetImage(thumbnails[i].permute(1, 2, 0).numpy(), zoom=zoom)
+            box = AnnotationBbox(image, (xy[i, 0], xy[i, 1]), frameon=True, pad=0.15,
+                                 bboxprops={"edgecolor": colors[lab[i]], "linewidth": 2})
+            box.set_zorder(3)
+            ax.add_artist(box)
+    ax.set_xlim(*extent[0])
+    ax.set_ylim(*extent[1])
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if labels is not None and handles:
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(k, 5),
+                  fontsize="small", frameon=False)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)

@@ -1,0 +1,167 @@
+"""Distance metrics on hand-computed examples, distance correlation, polysemanticity ranking."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import puretools as pt
+from puretools.errors import PuretoolsError
+from puretools.evaluate import (
+    PAPER_CORRELATIONS,
+    PAPER_DISTANCES,
+    MeanSem,
+    cluster_distances,
+    distance_correlation,
+    evaluate_clusterings,
+    mean_sem,
+    pairwise_distances,
+    polysemanticity_scores,
+    rank_polysemantic,
+)
+
+# Five points on a line: cluster A = {0, 2, 4}, cluster B = {10, 11}.
+# A pairs: 2, 4, 2 (mean 8/3); B pair: 1; between: 10 11 8 9 6 7 (mean 8.5);
+# all ten pairs: (2 + 4 + 2 + 1 + 51) / 10 = 6.
+POINTS = torch.tensor([[0.0], [2.0], [4.0], [10.0], [11.0]])
+LABELS = torch.tensor([0, 0, 0, 1, 1])
+
+
+def test_cluster_distances_hand_computed():
+    d = cluster_distances(POINTS, LABELS)
+    assert d.intra == pytest.approx((8 / 3 + 1) / 2)
+    assert d.inter == pytest.approx(8.5)
+    assert d.unclustered == pytest.approx(6.0)
+    pooled = cluster_distances(POINTS, LABELS, average="pairs")
+    assert pooled.intra == pytest.approx(9 / 4)  # (2 + 4 + 2 + 1) / 4 pairs
+    assert pooled.inter == d.inter and pooled.unclustered == d.unclustered
+
+
+def test_cluster_distances_in_two_dimensions_and_label_permutation():
+    x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 8.0], [6.0, 8.0]])  # 3-4-5 triangles
+    d = cluster_distances(x, torch.tensor([1, 1, 0, 0]))
+    assert d.intra == pytest.approx((5 + 6) / 2)
+    inter = np.mean([8, 10, math.hypot(3, 4), math.hypot(3, 4)])  # (0,2) (0,3) (1,2) (1,3)
+    assert d.inter == pytest.approx(inter)
+    assert cluster_distances(x, torch.tensor([0, 0, 7, 7])) == d
+
+
+def test_singletons_and_one_cluster_give_nan():
+    d = cluster_distances(POINTS, torch.tensor([0, 1, 2, 3, 4]))
+    assert math.isnan(d.intra) and d.inter == pytest.approx(6.0)
+    d = cluster_distances(POINTS, torch.zeros(5, dtype=torch.long))
+    assert math.isnan(d.inter) and d.intra == pytest.approx(6.0)
+    # a singleton cluster is left out of the per-cluster average
+    d = cluster_distances(POINTS, torch.tensor([0, 0, 0, 1, 2]))
+    assert d.intra == pytest.approx(8 / 3)
+
+
+def test_pairwise_distances_match_cdist():
+    x = torch.randn(3, 7, 5)
+    torch.testing.assert_close(pairwise_distances(x), torch.cdist(x.double(), x.double()), atol=1e-10, rtol=0)
+
+
+def test_mean_sem():
+    assert mean_sem([2.0, 4.0]) == MeanSem(3.0, 1.0)  # std(ddof=1) = sqrt(2), / sqrt(2)
+    assert math.isnan(mean_sem([5.0]).sem) and mean_sem([5.0]).mean == 5.0
+    assert all(math.isnan(v) for v in mean_sem([]))
+
+
+def test_evaluate_clusterings_averages_over_neurons():
+    emb = torch.stack([POINTS, 2 * POINTS])  # second neuron: all distances doubled
+    labels = torch.stack([LABELS, LABELS])
+    swapped = torch.tensor([[0, 1, 0, 1, 0]] * 2)
+    table = evaluate_clusterings(emb, {"PURE": labels, "bad": swapped}, space="test space")
+    intra = (8 / 3 + 1) / 2
+    assert table["PURE"].intra.mean == pytest.approx(1.5 * intra)
+    assert table["PURE"].intra.sem == pytest.approx(0.5 * intra)  # std(ddof=1) of (a, 2a) / sqrt(2)
+    assert table["PURE"].inter.mean == pytest.approx(1.5 * 8.5)
+    assert table.unclustered.mean == pytest.approx(9.0)
+    assert table["PURE"].n_neurons == 2
+    assert table["bad"].intra.mean > table["PURE"].intra.mean
+    assert table["bad"].inter.mean < table["PURE"].inter.mean
+    assert table.per_neuron["PURE"].shape == (2, 2)
+    text = str(table)
+    assert "test space" in text and "| PURE | 2.75 ± 0.92 | 12.75 ± 4.25 | 2 |" in text
+    assert "| unclustered | 9.00 ± 3.00 |" in text
+    with pytest.raises(KeyError, match="PURE"):
+        table["DINO"]
+
+
+def test_evaluate_clusterings_accepts_virtual_neurons_and_checks_shapes():
+    emb = torch.randn(3, 12, 4)
+    vn = pt.VirtualNeurons(seed=0).fit(emb, k=2)
+    a = evaluate_clusterings(emb, {"vn": vn})
+    b = evaluate_clusterings(emb, {"vn": vn.labels})
+    assert a == b
+    with pytest.raises(PuretoolsError, match="shape"):
+        evaluate_clusterings(emb, {"vn": vn.labels[:, :5]})
+
+
+def test_paper_numbers_are_recorded():
+    assert PAPER_DISTANCES["DINOv2"].intra.mean == 5.87 and PAPER_DISTANCES["DINOv2"].inter.mean == 6.65
+    assert PAPER_DISTANCES["PURE"].intra.mean == 5.94 and PAPER_DISTANCES["PURE"].inter.mean == 6.56
+    assert PAPER_DISTANCES["activations"].intra.mean == 6.09 and PAPER_DISTANCES["activations"].inter.mean == 6.34
+    assert PAPER_DISTANCES.unclustered.mean == 6.20
+    assert {k: v.mean for k, v in PAPER_CORRELATIONS.items()} == {"DINOv2": 0.57, "PURE": 0.38, "activations": 0.17}
+    assert "5.87" in PAPER_DISTANCES.to_markdown()
+
+
+def test_distance_correlation_identical_and_scaled_spaces():
+    g = torch.Generator().manual_seed(0)
+    clip = torch.randn(60, 10, 8, generator=g)
+    rotation, _ = torch.linalg.qr(torch.randn(8, 8, generator=g))
+    noise = torch.randn(60, 10, 8, generator=g)
+    r = distance_correlation(
+        clip,
+        {"same": clip, "scaled": 2.5 * clip, "rotated": clip @ rotation + 1.0, "noise": noise, "mixed": clip + noise},
+        n_subsets=6,
+        seed=0,
+    )
+    assert r["same"].mean == pytest.approx(1.0, abs=1e-12)
+    assert r["scaled"].mean == pytest.approx(1.0, abs=1e-9)
+    assert r["rotated"].mean == pytest.approx(1.0, abs=1e-6)
+    assert abs(r["noise"].mean) < 0.2
+    assert 0.3 < r["mixed"].mean < 0.95
+    assert r["noise"].sem > 0
+
+
+def test_distance_correlation_is_pooled_pearson_over_subsets():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(4, 5, 3, generator=g)
+    b = torch.randn(4, 5, 2, generator=g)
+    r = distance_correlation(a, {"b": b}, n_subsets=1, subset_size=4)  # one subset: all neurons
+    iu = np.triu_indices(5, 1)
+    da = np.concatenate([pairwise_distances(a[i]).numpy()[iu] for i in range(4)])
+    db = np.concatenate([pairwise_distances(b[i]).numpy()[iu] for i in range(4)])
+    assert r["b"].mean == pytest.approx(np.corrcoef(da, db)[0, 1])
+    assert math.isnan(r["b"].sem)
+    # seeded: same seed, same subsets
+    many = {"n_subsets": 3, "subset_size": 3, "seed": 5}  # 9 > 4 neurons: independent draws
+    assert distance_correlation(a, {"b": b}, **many) == distance_correlation(a, {"b": b}, **many)
+    with pytest.raises(PuretoolsError, match="shape"):
+        distance_correlation(a, {"b": b[:, :3]})
+
+
+def test_polysemanticity_ranks_two_group_neurons_first():
+    g = torch.Generator().manual_seed(0)
+    mono = torch.randn(3, 30, 4, generator=g)
+    poly = torch.randn(2, 30, 4, generator=g)
+    poly[:, 15:] += torch.tensor([12.0, 0, 0, 0])
+    space = torch.cat([mono[:1], poly[:1], mono[1:], poly[1:]])  # poly at positions 1 and 4
+    scores = polysemanticity_scores(space)
+    assert scores.shape == (5,)
+    assert set(rank_polysemantic(scores)[:2].tolist()) == {1, 4}
+    assert (scores[[1, 4]] > 3).all() and (scores[[0, 2, 3]] < 2).all()
+    diff = polysemanticity_scores(space, kind="difference")
+    assert set(rank_polysemantic(diff)[:2].tolist()) == {1, 4}
+    # explicit labels: the hand-computed example, inter / intra
+    one = polysemanticity_scores(POINTS[None], labels=LABELS[None])
+    assert one[0] == pytest.approx(8.5 / ((8 / 3 + 1) / 2))
+
+
+def test_rank_polysemantic_nan_and_inf():
+    scores = torch.tensor([1.0, float("nan"), float("inf"), 2.0, 1.0])
+    assert rank_polysemantic(scores).tolist() == [2, 3, 0, 4, 1]
+    assert rank_polysemantic(scores, neurons=[50, 51, 52, 53, 54]).tolist() == [52, 53, 50, 54, 51]
