@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from .config import cache_dir
+
 __all__ = ["main"]
 
 
@@ -20,7 +22,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-ref", type=int, default=100, help="reference samples per neuron (default 100)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None, help="'cpu', 'cuda', ... (default: cuda if available)")
-    p.add_argument("--cache-dir", default=".cache/puretools", help="where results are stored")
+    p.add_argument("--cache-dir", default=str(cache_dir()), help="where results are stored (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for random initialisation (default 0)")
 
 

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from .errors import PuretoolsError
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "denormalize", "image_folder", "load_dataset"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "denormalize", "image_folder", "load_dataset", "make_image_folder"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,3 +70,32 @@ def load_dataset(spec: str, size: int = 224) -> Dataset:
 
         return ToyWorld(split=spec.split(":", 1)[1])
     return image_folder(spec, size=size)
+
+
+def make_image_folder(
+    root: str | os.PathLike, n: int = 40, size: int = 256, classes: int = 2, seed: int = 0
+) -> Path:
+    """Write ``n`` random JPEG images in ImageNet layout (``root/class_i/img_j.jpg``).
+
+    For smoke runs and benchmarks: a stand-in for an image folder when none is at hand.
+    Each image is smooth random noise (upsampled) so JPEG decoding costs what photos cost.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> root = make_image_folder(tempfile.mkdtemp(), n=4, size=32)
+    >>> len(image_folder(root, size=16))
+    4
+    """
+    from PIL import Image
+
+    root = Path(root)
+    g = torch.Generator().manual_seed(seed)
+    for j in range(n):
+        folder = root / f"class_{j % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        low = torch.rand(1, 3, max(2, size // 16), max(2, size // 16), generator=g)
+        pixels = torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
+        pixels = (pixels[0].clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+        Image.fromarray(pixels).save(folder / f"img_{j:06d}.jpg", quality=90)
+    return root

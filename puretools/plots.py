@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ from .errors import PuretoolsError
 from .evaluate import DistanceTable, MeanSem
 
 __all__ = [
+    "plot_concept_mix",
     "cluster_colors",
     "patch_grid",
     "plot_cluster_distances",
@@ -524,3 +525,46 @@ def plot_umap(
     if title:
         ax.set_title(title)
     return _save(fig, path)
+
+
+def plot_concept_mix(
+    mix: torch.Tensor | np.ndarray,
+    concept_names: Sequence[str],
+    neurons: Sequence[int] | None = None,
+    ax=None,
+    path: str | os.PathLike | None = None,
+    figsize: tuple[float, float] | None = None,
+    dpi: float = 100,
+):
+    """Share of each concept among each neuron's references, as a neurons x concepts heatmap.
+
+    Parameters
+    ----------
+    mix : Tensor [N, n_concepts]
+        E.g. :func:`puretools.toyworld.concept_mix` of each neuron's references, in [0, 1].
+    concept_names : sequence of str
+    neurons : sequence of int or None
+        Row labels (default 0..N-1).
+
+    Examples
+    --------
+    >>> fig = plot_concept_mix(torch.rand(3, 4), ["a", "b", "c", "d"])
+    >>> len(fig.axes)
+    2
+    """
+    mix = np.asarray(torch.as_tensor(mix, dtype=torch.float32))
+    n, c = mix.shape
+    neurons = list(range(n)) if neurons is None else list(neurons)
+    fig, ax = _new_figure(ax, figsize or (0.38 * c + 2.0, 0.32 * n + 1.6), dpi)
+    image = ax.imshow(mix, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(c), list(concept_names), rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), [str(v) for v in neurons], fontsize=8)
+    ax.set_xlabel("concept")
+    ax.set_ylabel("neuron")
+    for i in range(n):
+        for j in range(c):
+            if mix[i, j] >= 0.2:
+                ax.text(j, i, f"{mix[i, j]:.0%}", ha="center", va="center", fontsize=6, color="black")
+    fig.colorbar(image, ax=ax, label="share of references")
+    _save(fig, path)
+    return fig
