@@ -28,6 +28,7 @@ from .patches import (
 )
 from .plots import (
     patch_grid,
+    plot_concept_mix,
     plot_cluster_distances,
     plot_distance_correlation,
     plot_umap,
@@ -71,6 +72,7 @@ __all__ = [
     "patch_grid",
     "patches_from_heatmaps",
     "plot_cluster_distances",
+    "plot_concept_mix",
     "plot_distance_correlation",
     "plot_umap",
     "polysemanticity_scores",

@@ -97,7 +97,7 @@ def reference_heatmaps(
     layer: str,
     references: References | torch.Tensor,
     neurons: int | Sequence[int] | torch.Tensor | None = None,
-    batch_size: int = 32,
+    batch_size: int = 128,
     device: str | torch.device | None = None,
     composite: Composite | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -239,13 +239,14 @@ def relevance_map(heatmap: torch.Tensor, kernel_size: int = KERNEL_SIZE) -> torc
 
     Parameters
     ----------
-    heatmap : Tensor [H, W]
+    heatmap : Tensor [H, W] or [n, H, W]
+        A batch is blurred in one call and normalised map by map.
     kernel_size : int
         Odd kernel size; 1 (or 0) means no blur.
 
     Returns
     -------
-    Tensor [H, W]
+    Tensor of the same shape
 
     Examples
     --------
@@ -256,20 +257,22 @@ def relevance_map(heatmap: torch.Tensor, kernel_size: int = KERNEL_SIZE) -> torc
     from torchvision.transforms.functional import gaussian_blur
 
     heatmap = torch.as_tensor(heatmap).detach().float()
-    if heatmap.ndim != 2:
-        raise PuretoolsError(f"Expected a heatmap of shape [H, W], got {tuple(heatmap.shape)}.")
+    if heatmap.ndim not in (2, 3):
+        raise PuretoolsError(f"Expected a heatmap of shape [H, W] (or a batch [n, H, W]), got {tuple(heatmap.shape)}.")
     if kernel_size not in (0, 1):
         if kernel_size < 0 or kernel_size % 2 == 0:
             raise PuretoolsError(f"kernel_size must be a positive odd integer, got {kernel_size}.")
         # reflect padding needs the padding (k // 2) to be smaller than the image side
-        k = min(kernel_size, 2 * min(heatmap.shape) - 1)
-        if k > 1:
-            heatmap = gaussian_blur(heatmap[None], kernel_size=[k, k])[0]
+        k = min(kernel_size, 2 * min(heatmap.shape[-2:]) - 1)
+        if k > 1 and heatmap.numel():
+            flat = heatmap.reshape(-1, 1, *heatmap.shape[-2:])
+            heatmap = gaussian_blur(flat, kernel_size=[k, k]).reshape(heatmap.shape)
     magnitude = heatmap.abs()
-    peak = magnitude.max() if magnitude.numel() else torch.tensor(0.0)
-    if peak <= 0 or not torch.isfinite(peak):
-        return torch.zeros_like(magnitude)
-    return magnitude / peak
+    if not magnitude.numel():
+        return magnitude
+    peak = magnitude.flatten(-2).amax(-1)[..., None, None]
+    valid = (peak > 0) & torch.isfinite(peak)
+    return torch.where(valid, magnitude / torch.where(valid, peak, torch.ones_like(peak)), torch.zeros_like(magnitude))
 
 
 def crop_box(
@@ -306,7 +309,14 @@ def crop_box(
     (0, 0, 10)
     """
     _check_unit("threshold", threshold)
-    rel = relevance_map(heatmap, kernel_size)
+    heatmap = torch.as_tensor(heatmap)
+    if heatmap.ndim != 2:
+        raise PuretoolsError(f"Expected a heatmap of shape [H, W], got {tuple(heatmap.shape)}.")
+    return _box(relevance_map(heatmap, kernel_size), threshold)
+
+
+def _box(rel: torch.Tensor, threshold: float) -> tuple[int, int, int]:
+    """:func:`crop_box` of an already computed :func:`relevance_map` [H, W]."""
     height, width = rel.shape
     side = min(height, width)
     mask = rel > threshold
@@ -411,10 +421,15 @@ def masked_patch(
     _check_unit("visibility", visibility)
     if not 0 <= alpha <= 1:
         raise PuretoolsError(f"alpha must lie in [0, 1], got {alpha}.")
-    visible = relevance_map(heatmap, kernel_size) > visibility
+    _check_unit("threshold", threshold)
+    return _masked(image, relevance_map(heatmap, kernel_size), threshold, visibility, alpha, background)
+
+
+def _masked(image, rel, threshold, visibility, alpha, background) -> torch.Tensor:
+    """:func:`masked_patch` with an already computed :func:`relevance_map`."""
     dimmed = background + alpha * (image - background)
-    full = torch.where(visible.to(image.device), image, dimmed)
-    top, left, size = crop_box(heatmap, threshold, kernel_size)
+    full = torch.where((rel > visibility).to(image.device), image, dimmed)
+    top, left, size = _box(rel, threshold)
     return full[:, top : top + size, left : left + size]
 
 
@@ -473,14 +488,23 @@ def patches_from_heatmaps(
     size = min(images.shape[-2:]) if size is None else int(size)
     if size < 1:
         raise PuretoolsError(f"size must be a positive integer, got {size}.")
+    if tuple(images.shape[-2:]) != tuple(heatmaps.shape[-2:]):
+        raise PuretoolsError(
+            f"Images {tuple(images.shape)} and heatmaps {tuple(heatmaps.shape)} differ in size."
+        )
+    _check_unit("threshold", threshold)
+    _check_unit("visibility", visibility)
+    if not 0 <= alpha <= 1:
+        raise PuretoolsError(f"alpha must lie in [0, 1], got {alpha}.")
+    rels = relevance_map(heatmaps, kernel_size) if mode != "full" else heatmaps  # blurred in one call
     out = []
-    for image, heat in zip(images, heatmaps):
+    for image, rel in zip(images, rels):
         if mode == "crop":
-            patch = crop_patch(image, heat, threshold, kernel_size)
+            top, left, side = _box(rel, threshold)
+            patch = image[:, top : top + side, left : left + side]
         elif mode == "mask":
-            patch = masked_patch(image, heat, threshold, visibility, alpha, background, kernel_size)
+            patch = _masked(image, rel, threshold, visibility, alpha, background)
         else:
-            _check_image(image, heat)
             h, w = image.shape[-2:]
             side = min(h, w)
             patch = image[:, (h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side]

@@ -207,3 +207,13 @@ def test_reference_patches_end_to_end(vgg, small_images):
     )
     expected = torch.stack([small_images[int(i)][0] for i in refs.indices[4]]).clamp(0, 1)
     torch.testing.assert_close(identity, expected)
+
+
+def test_relevance_map_batch_equals_one_by_one():
+    g = torch.Generator().manual_seed(3)
+    heat = torch.randn(6, 12, 9, generator=g)
+    heat[2] = 0  # an all-zero map stays zero inside a batch
+    batched = relevance_map(heat)
+    for h, b in zip(heat, batched):
+        torch.testing.assert_close(relevance_map(h), b)
+    assert batched[2].abs().sum() == 0

@@ -1,0 +1,303 @@
+"""The interactive explorer: sliders for the neuron and k over precomputed, tested pieces."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .circuits import circuit_attributions
+from .errors import PuretoolsError
+from .evaluate import cluster_distances, polysemanticity_scores
+from .patches import patches_from_heatmaps, reference_heatmaps
+from .references import References, collate_images
+from .virtual import activation_features, kmeans_labels
+
+__all__ = ["Explorer", "ExplorerData", "explorer_figure", "explorer_scores", "prepare_explorer"]
+
+METHODS = ("PURE", "activations")
+PATCH_MODES = {"cropped": "crop", "masked": "mask"}
+
+
+@dataclass
+class ExplorerData:
+    """Everything the explorer shows, precomputed for ``neurons`` (ranked, most polysemantic first).
+
+    Arrays are indexed by position in ``neurons``: ``features["PURE"][i]`` are the circuits of
+    neuron ``neurons[i]``, shape [n_ref, C_lower].
+
+    Attributes
+    ----------
+    neurons : list of int
+    scores : list of float
+        Polysemanticity score of each neuron (higher: splits more clearly into two groups).
+    features : dict str -> Tensor [N, n_ref, D]
+        ``"PURE"`` (circuits) and ``"activations"`` (spatial mean activations of the layer).
+    patches : dict str -> Tensor [N, n_ref, 3, s, s]
+        ``"crop"`` and ``"mask"`` reference patches, values in [0, 1].
+    umap : dict str -> ndarray [N, n_ref, 2]
+        2-D UMAP of each method's features, per neuron.
+    concepts : LongTensor [N, n_ref] or None
+        Ground-truth concept of each reference (toy world), for ARI and purity.
+    concept_names : list of str or None
+    eval_space : Tensor [N, n_ref, D] or None
+        Embeddings for the intra/inter-cluster distances.
+    """
+
+    neurons: list[int]
+    scores: list[float]
+    features: dict[str, torch.Tensor]
+    patches: dict[str, torch.Tensor]
+    umap: dict[str, np.ndarray]
+    concepts: torch.Tensor | None = None
+    concept_names: list[str] | None = None
+    eval_space: torch.Tensor | None = None
+    _labels: dict[tuple[int, str, int], np.ndarray] = field(default_factory=dict, repr=False)
+
+    def labels(self, position: int, method: str, k: int, seed: int = 0) -> np.ndarray:
+        """Virtual-neuron labels of the neuron at ``position`` (memoised k-means)."""
+        if method not in self.features:
+            raise PuretoolsError(f"method must be one of {list(self.features)}, not {method!r}.")
+        key = (position, method, k)
+        if key not in self._labels:
+            x = self.features[method][position].double().numpy()
+            self._labels[key] = kmeans_labels(x, k, seed=seed)[0]
+        return self._labels[key]
+
+
+def prepare_explorer(
+    model: nn.Module,
+    dataset: Dataset,
+    layer: str,
+    lower_layer: str,
+    references: References,
+    neurons: Sequence[int] | None = None,
+    concept_labels: torch.Tensor | None = None,
+    concept_names: Sequence[str] | None = None,
+    eval_space: torch.Tensor | None = None,
+    denormalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    patch_size: int = 32,
+    umap: bool = True,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> ExplorerData:
+    """Compute circuits, activations, patches, UMAPs and the ranking the explorer needs.
+
+    Parameters
+    ----------
+    model, dataset, layer, lower_layer, references
+        As for :func:`puretools.circuit_attributions`.
+    neurons : sequence of int or None
+        Neurons to explore (None: all channels of ``layer``).
+    concept_labels : Tensor [len(dataset), n_concepts] or None
+        Multi-hot ground truth (toy world); enables ARI / purity and the ranking by
+        ground-truth polysemanticity.
+    concept_names : sequence of str or None
+    eval_space : Tensor [N, n_ref, D] or None
+        Embeddings of the references (e.g. CLIP) for distances and the ranking; default:
+        the concept vectors when ``concept_labels`` is given, else the circuits.
+    denormalize : callable or None
+        Maps data-set images to [0, 1] for display (default: ImageNet statistics).
+    patch_size : int
+        Side of the patches shown.
+    umap : bool
+        Compute UMAP embeddings (else PCA, which is instant).
+    """
+    from .toyworld import dominant_concepts
+
+    if denormalize is None:
+        from .data import denormalize
+    n_channels = references.n_channels
+    neurons = list(range(n_channels)) if neurons is None else [int(n) for n in neurons]
+    circuits = circuit_attributions(
+        model, dataset, layer, lower_layer, references, neurons=neurons, cache_dir=cache_dir, progress=progress
+    )
+    acts = activation_features(model, dataset, layer, references, neurons=neurons)
+    idx = references.indices[neurons]  # [N, R]
+    concepts = None
+    if concept_labels is not None:
+        concepts = torch.stack([dominant_concepts(concept_labels[row]) for row in idx])
+        if eval_space is None:
+            eval_space = concept_labels[idx].float()
+    heat = reference_heatmaps(model, dataset, layer, references, neurons, batch_size=256, cache_dir=cache_dir)
+    images = denormalize(collate_images([dataset[int(i)] for i in idx.reshape(-1)]))
+    flat_heat = heat.reshape(-1, *heat.shape[-2:])
+    patches = {
+        mode: patches_from_heatmaps(images, flat_heat, mode=mode, size=patch_size).reshape(
+            *idx.shape, 3, patch_size, patch_size
+        )
+        for mode in ("crop", "mask")
+    }
+    features = {"PURE": circuits, "activations": acts}
+    rank_space = eval_space if eval_space is not None else circuits
+    scores = polysemanticity_scores(rank_space, k=2, seed=seed)
+    order = sorted(range(len(neurons)), key=lambda i: -np.nan_to_num(float(scores[i]), nan=-np.inf))
+    coords = {}
+    for method, feats in features.items():
+        coords[method] = np.stack(
+            [
+                _project(feats[i], umap, seed)
+                for i in tqdm(order, desc=f"2-D map of {method}", disable=not progress)
+            ]
+        )
+    return ExplorerData(
+        neurons=[neurons[i] for i in order],
+        scores=[float(scores[i]) for i in order],
+        features={m: f[order] for m, f in features.items()},
+        patches={m: p[order] for m, p in patches.items()},
+        umap=coords,
+        concepts=None if concepts is None else concepts[order],
+        concept_names=None if concept_names is None else list(concept_names),
+        eval_space=None if eval_space is None else torch.as_tensor(eval_space)[order],
+    )
+
+
+def _project(features: torch.Tensor, use_umap: bool, seed: int) -> np.ndarray:
+    x = features.double().numpy()
+    if use_umap:
+        from .plots import umap_embedding
+
+        return umap_embedding(x, seed=seed)
+    x = x - x.mean(0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    return x @ vt[:2].T
+
+
+def explorer_scores(data: ExplorerData, position: int, k: int, method: str) -> dict[str, float]:
+    """Scores of one clustering: ground-truth ARI and purity, intra/inter distances.
+
+    Examples
+    --------
+    >>> data = ExplorerData([7], [1.0], {"PURE": torch.tensor([[[0.0], [0.1], [5.0], [5.1]]])},
+    ...                     {}, {}, concepts=torch.tensor([[2, 2, 4, 4]]))
+    >>> explorer_scores(data, 0, 2, "PURE")["ari"]
+    1.0
+    """
+    from .toyworld import ground_truth_scores
+
+    labels = data.labels(position, method, k)
+    out: dict[str, float] = {}
+    if data.concepts is not None:
+        out.update(ground_truth_scores(labels, data.concepts[position]))
+    if data.eval_space is not None and k > 1:
+        d = cluster_distances(data.eval_space[position], labels)
+        out.update(intra=d.intra, inter=d.inter, unclustered=d.unclustered)
+    return out
+
+
+def _concept_mix_text(data: ExplorerData, position: int, members: np.ndarray) -> str:
+    if data.concepts is None or data.concept_names is None or not len(members):
+        return ""
+    counts = np.bincount(data.concepts[position][members].clamp(min=0).numpy(), minlength=len(data.concept_names))
+    top = np.argsort(-counts)[:2]
+    return ", ".join(f"{data.concept_names[c]} {counts[c] / len(members):.0%}" for c in top if counts[c])
+
+
+def explorer_figure(
+    data: ExplorerData, position: int, k: int, method: str = "PURE", mode: str = "crop", per_cluster: int = 8
+):
+    """The explorer's figure: the 2-D map of the neuron's references and one patch row per virtual neuron.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    from .plots import cluster_colors, patch_grid, plot_umap
+
+    if not 0 <= position < len(data.neurons):
+        raise PuretoolsError(f"position must lie in 0..{len(data.neurons) - 1}, got {position}.")
+    labels = data.labels(position, method, k)
+    patches = data.patches[mode][position]
+    fig = plt.figure(figsize=(11, max(3.2, 1.25 * k + 0.8)), dpi=80)
+    grid = fig.add_gridspec(k, 2, width_ratios=[1, 2.2], wspace=0.05, hspace=0.45)
+    ax_map = fig.add_subplot(grid[:, 0])
+    plot_umap(data.umap[method][position], labels, contours=True, ax=ax_map,
+              title=f"neuron {data.neurons[position]}: {method} space")
+    colors = cluster_colors(k)
+    for c in range(k):
+        members = np.flatnonzero(labels == c)
+        ax = fig.add_subplot(grid[c, 1])
+        mix = _concept_mix_text(data, position, members)
+        patch_grid(patches[members[:per_cluster]], ncols=per_cluster, ax=ax,
+                   title=f"virtual neuron {c}: {len(members)} refs" + (f" ({mix})" if mix else ""))
+        ax.title.set_color(colors[c])
+        ax.title.set_fontsize(9)
+    return fig
+
+
+def _figure_png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+class Explorer:
+    """ipywidgets explorer: neuron (by polysemanticity) and k sliders, method and patch toggles.
+
+    Every change redraws one PNG image in place; the clustering of each (neuron, method, k)
+    is computed once and memoised, everything else was precomputed by
+    :func:`prepare_explorer`.
+
+    Examples
+    --------
+    >>> data = ExplorerData([3], [2.0], {"PURE": torch.rand(1, 12, 4), "activations": torch.rand(1, 12, 5)},
+    ...                     {"crop": torch.rand(1, 12, 3, 8, 8), "mask": torch.rand(1, 12, 3, 8, 8)},
+    ...                     {"PURE": np.random.rand(1, 12, 2), "activations": np.random.rand(1, 12, 2)})
+    >>> explorer = Explorer(data)
+    >>> explorer.k.value = 3
+    >>> "k = 3" in explorer.scores.value
+    True
+    """
+
+    def __init__(self, data: ExplorerData, k: int = 2, max_k: int = 5) -> None:
+        import ipywidgets as w
+
+        self.data = data
+        n_ref = data.features["PURE"].shape[1]
+        self.neuron = w.IntSlider(value=0, min=0, max=len(data.neurons) - 1, description="neuron rank",
+                                  continuous_update=False, style={"description_width": "90px"})
+        self.k = w.IntSlider(value=k, min=1, max=min(max_k, n_ref), description="k", continuous_update=False)
+        self.method = w.ToggleButtons(options=list(METHODS), value="PURE", description="clustering")
+        self.mode = w.ToggleButtons(options=list(PATCH_MODES), value="cropped", description="patches")
+        self.image = w.Image(format="png")
+        self.scores = w.HTML()
+        self.scores.add_class("puretools-scores")
+        for control in (self.neuron, self.k, self.method, self.mode):
+            control.observe(self.update, names="value")
+        controls = w.VBox([w.HBox([self.neuron, self.k]), w.HBox([self.method, self.mode])])
+        self.widget = w.VBox([controls, self.scores, self.image])
+        self.widget.add_class("puretools-explorer")
+        self.update()
+
+    def update(self, _change=None) -> None:
+        """Redraw the figure and the scores for the current slider values."""
+        pos, k, method = self.neuron.value, self.k.value, self.method.value
+        mode = PATCH_MODES[self.mode.value]
+        self.image.value = _figure_png(explorer_figure(self.data, pos, k, method, mode))
+        scores = explorer_scores(self.data, pos, k, method)
+        parts = [f"<b>neuron {self.data.neurons[pos]}</b> (rank {pos + 1} of {len(self.data.neurons)}, "
+                 f"polysemanticity {self.data.scores[pos]:.2f})", f"k = {k}", method]
+        if "ari" in scores:
+            parts.append(f"ARI vs ground truth {scores['ari']:.2f}, purity {scores['purity']:.2f}")
+        if "intra" in scores:
+            parts.append(f"distances intra {scores['intra']:.2f} / inter {scores['inter']:.2f} "
+                         f"(unclustered {scores['unclustered']:.2f})")
+        self.scores.value = " &middot; ".join(parts)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)

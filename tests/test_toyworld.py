@@ -1,0 +1,221 @@
+"""Tests of puretools.toyworld: the generator, its ground truth, the shipped toy model, training."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from puretools import toyworld as tw
+from puretools.errors import WeightsNotFoundError
+
+
+def fresh(split: str, n: int, seed: int = 0) -> torch.Tensor:
+    """Pixels of a split generated anew, bypassing the per-process cache."""
+    return tw._generate.__wrapped__(split, n, seed)[0]
+
+
+# ---------------------------------------------------------------------------------- generator
+
+
+def test_same_seed_gives_identical_images():
+    a, b = fresh("test", 40), fresh("test", 40)
+    assert a.dtype == torch.uint8 and a.shape == (40, 3, tw.IMAGE_SIZE, tw.IMAGE_SIZE)
+    assert torch.equal(a, b)
+
+
+def test_splits_and_seeds_differ():
+    test, train, other = fresh("test", 40), fresh("train", 40), fresh("test", 40, seed=1)
+    assert not torch.equal(test, train) and not torch.equal(test, other)
+    # no image of one split appears in the other (up to 1 / 255 per pixel)
+    diff = (test[:, None].float() - train[None].float()).abs().amax((2, 3, 4))
+    assert diff.min() > 10
+
+
+def test_a_smaller_world_is_a_prefix_of_the_larger_one():
+    small, large = tw.ToyWorld("test", n=7), tw.ToyWorld("test", n=tw._CHUNK + 30)
+    assert torch.equal(small.pixels, large.pixels[:7])
+    assert torch.equal(small.labels, large.labels[:7])
+
+
+def test_items_shapes_and_normalisation():
+    ds = tw.ToyWorld("test", n=64)
+    image, concepts = ds[3]
+    assert image.dtype == torch.float32 and image.shape == (3, tw.IMAGE_SIZE, tw.IMAGE_SIZE)
+    assert concepts.shape == (len(tw.CONCEPTS),) and torch.equal(concepts, ds.labels[3])
+    assert torch.allclose(ds.images[3], image)
+    assert torch.allclose(tw.denormalize(image), ds.pixels[3].float() / 255, atol=1e-5)
+    assert ds.concept_names == tw.CONCEPTS and len(set(tw.CONCEPTS)) == len(tw.CONCEPTS) >= 16
+    # normalisation constants fit the data: roughly zero mean, unit spread
+    x = tw.ToyWorld("test", n=500).images
+    assert abs(x.mean().item()) < 0.1 and 0.8 < x.std().item() < 1.2
+
+
+def test_labels_match_masks_for_many_images():
+    ds = tw.ToyWorld("test", n=300)
+    counts = ds.labels.sum(1)
+    assert counts.min() >= 1 and counts.max() <= 3 and (counts == 3).any()
+    assert set(ds.labels.unique().tolist()) == {0.0, 1.0}
+    for i in range(len(ds)):
+        masks = ds.masks(i)
+        assert masks.dtype == torch.bool and masks.shape == (len(tw.CONCEPTS), 32, 32)
+        assert torch.equal(masks.flatten(1).any(1), ds.labels[i].bool()), i
+        assert masks.sum(0).max() <= 1, "objects must not overlap"
+
+
+def test_objects_are_visible_where_their_masks_say():
+    ds = tw.ToyWorld("test", n=100)
+    for i in range(len(ds)):
+        obj = ds.masks(i).any(0)
+        pixels = ds.pixels[i].float()
+        # background pixels next to each other differ by noise only; objects stand out
+        inside, outside = pixels[:, obj].mean(1), pixels[:, ~obj].mean(1)
+        assert (inside - outside).abs().max() > 20, i
+
+
+def test_every_concept_is_common_in_the_test_split():
+    freq = tw.ToyWorld("test").labels.mean(0)
+    assert len(tw.ToyWorld("test")) == tw.SPLIT_SIZES["test"]
+    assert freq.min() > 0.07 and freq.max() < 0.14
+
+
+def test_unknown_split_is_a_clear_error():
+    with pytest.raises(ValueError, match="split"):
+        tw.ToyWorld("val")
+
+
+# ---------------------------------------------------------------------------------- the model
+
+
+@pytest.fixture(scope="module")
+def toy_model():
+    return tw.load_toy_model()
+
+
+@pytest.fixture(scope="module")
+def record():
+    return json.loads((tw.DATA_DIR / "record.json").read_text())
+
+
+def test_shipped_checkpoint_matches_its_record(record):
+    path = tw.DATA_DIR / "model.safetensors"
+    assert tw._sha256(path) == record["sha256"]
+    assert path.stat().st_size < 5e6
+    assert record["metric"] == "mean_per_concept_accuracy" and record["value"] >= 0.9
+
+
+def test_load_toy_model_builds_the_recorded_architecture(toy_model, record):
+    from torchvision.models.resnet import BasicBlock
+
+    assert not toy_model.training
+    names = [n for n, _ in toy_model.named_children()]
+    assert names == ["conv1", "bn1", "relu", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc"]
+    assert all(isinstance(getattr(toy_model, f"layer{i}")[0], BasicBlock) for i in range(1, 5))
+    widths = [getattr(toy_model, f"layer{i}")[0].conv2.out_channels for i in range(1, 5)]
+    assert widths == record["config"]["widths"]
+    assert getattr(toy_model, tw.LAYER)[0].conv2.out_channels < len(tw.CONCEPTS)
+    assert getattr(toy_model, tw.LOWER_LAYER)[0].conv2.out_channels >= 64
+    out = toy_model(tw.ToyWorld("test", n=4).images)
+    assert out.shape == (4, len(tw.CONCEPTS))
+
+
+def test_toy_model_is_fx_traceable_and_canonizable(toy_model):
+    from torch.fx import symbolic_trace
+    from zennit.torchvision import ResNetCanonizer
+
+    x = tw.ToyWorld("test", n=4).images
+    with torch.no_grad():
+        ref = toy_model(x)
+        assert torch.allclose(symbolic_trace(toy_model)(x), ref, atol=1e-5)
+        canonizer = ResNetCanonizer()
+        handles = canonizer.apply(toy_model)
+        try:
+            assert torch.allclose(toy_model(x), ref, atol=1e-4)
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def test_shipped_model_accuracy_is_near_the_recorded_figure(toy_model, record):
+    ds = tw.ToyWorld("test", n=500)
+    metrics = tw._evaluate(toy_model, ds)
+    assert abs(metrics["mean_per_concept_accuracy"] - record["value"]) < 0.02
+    assert metrics["mean_per_concept_accuracy"] >= 0.9
+
+
+def test_missing_checkpoint_says_how_to_train(tmp_path):
+    with pytest.raises(WeightsNotFoundError, match="python -m puretools toy train"):
+        tw.load_toy_model(tmp_path / "nothing.safetensors")
+    with pytest.raises(FileNotFoundError):
+        tw.load_toy_model(tmp_path / "nothing.safetensors")
+
+
+def test_short_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path):
+    record = tw.train(tmp_path, n_train=640, max_batches=6, batch_size=64, verbose=False,
+                      widths=(8, 8, 16, 4))  # fmt: skip
+    history = record["loss_history"]
+    assert len(history) == 6 and history[-1] < history[0]
+    saved = json.loads((tmp_path / "record.json").read_text())
+    assert saved["sha256"] == tw._sha256(tmp_path / "model.safetensors") == record["sha256"]
+    assert saved["config"]["widths"] == [8, 8, 16, 4] and saved["steps"] == 6
+    model = tw.load_toy_model(tmp_path / "model.safetensors")
+    assert isinstance(model, nn.Module) and not model.training
+    assert 0 <= saved["value"] <= 1 and len(saved["per_concept_accuracy"]) == len(tw.CONCEPTS)
+
+
+def test_training_is_reproducible(tmp_path):
+    kwargs = dict(n_train=256, max_batches=3, batch_size=64, verbose=False, widths=(4, 4, 8, 4))
+    a = tw.train(tmp_path / "a", seed=3, **kwargs)
+    b = tw.train(tmp_path / "b", seed=3, **kwargs)
+    c = tw.train(tmp_path / "c", seed=4, **kwargs)
+    assert a["loss_history"] == b["loss_history"] != c["loss_history"]
+
+
+# ---------------------------------------------------------------------------------- ground truth
+
+
+def test_concept_mix_and_dominant_concepts():
+    labels = torch.tensor([[1.0, 0, 0, 0], [1, 1, 0, 0], [0, 1, 0, 0], [0, 1, 0, 1], [0, 0, 1, 1]])
+    assert torch.allclose(tw.concept_mix(labels), torch.tensor([0.4, 0.6, 0.2, 0.4]))
+    # concept 1 is the neuron's favourite (60 %), so it wins images 1 and 3;
+    # image 4 holds concepts 2 (20 %) and 3 (40 %): 3 wins
+    assert tw.dominant_concepts(labels).tolist() == [0, 1, 1, 1, 3]
+    assert torch.allclose(tw.dominant_shares(labels), torch.tensor([0.2, 0.6, 0.0, 0.2]))
+    # ties go to the lower index; an image without concepts gets -1
+    tie = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    assert tw.dominant_concepts(tie).tolist() == [0, -1]
+    # an explicit preference order wins over the references' own mix
+    assert tw.dominant_concepts(labels, mix=torch.tensor([0, 0, 1.0, 0])).tolist() == [0, 0, 1, 1, 2]
+
+
+def test_ground_truth_scores_on_a_hand_example():
+    truth = np.array([3, 3, 3, 7, 7, 7, 9, 9])
+    perfect = tw.ground_truth_scores(np.array([0, 0, 0, 1, 1, 1, 2, 2]), truth)
+    assert perfect == {"ari": 1.0, "purity": 1.0}
+    permuted = tw.ground_truth_scores(np.array([2, 2, 2, 0, 0, 0, 1, 1]), truth)
+    assert permuted == perfect
+    merged = tw.ground_truth_scores(np.array([0, 0, 0, 1, 1, 1, 1, 1]), truth)
+    assert merged["purity"] == pytest.approx(6 / 8) and 0 < merged["ari"] < 1
+    one_wrong = tw.ground_truth_scores(np.array([0, 0, 1, 1, 1, 1, 2, 2]), truth)
+    assert one_wrong["purity"] == pytest.approx(7 / 8) and one_wrong["ari"] < 1
+    # multi-hot ground truth is reduced to the dominant concept first
+    multi = torch.eye(10)[truth]
+    assert tw.ground_truth_scores(np.array([0, 0, 0, 1, 1, 1, 2, 2]), multi) == perfect
+    with pytest.raises(ValueError):
+        tw.ground_truth_scores([0, 1], [0, 1, 2])
+
+
+def test_polysemantic_neurons_on_a_hand_example():
+    # 10 images: concept 0 in images 0-4, concept 1 in 5-7, concept 2 in 8-9; image 4 also has 2
+    labels = torch.zeros(10, 3)
+    labels[:5, 0] = labels[5:8, 1] = labels[8:, 2] = labels[4, 2] = 1
+    refs = torch.tensor([
+        [0, 1, 2, 3, 4],  # all concept 0 (image 4 counts for 0, the favourite): monosemantic
+        [0, 1, 5, 6, 7],  # 40 % / 60 %: polysemantic
+        [0, 1, 2, 3, 5],  # 80 % / 20 %: polysemantic at min_share=0.2, not at 0.25
+        [5, 6, 7, 8, 4],  # 60 % concept 1, image 4 -> concept 2 (40 %) beats 0 (20 %)
+    ])  # fmt: skip
+    assert tw.polysemantic_neurons(refs, labels) == [1, 2, 3]
+    assert tw.polysemantic_neurons(refs, labels, min_share=0.25) == [1, 3]
+    assert tw.polysemantic_neurons(refs, labels, min_share=0.5) == []
