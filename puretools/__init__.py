@@ -16,7 +16,14 @@ from .evaluate import (
     polysemanticity_scores,
     rank_polysemantic,
 )
-from .models import canonizer_report, canonizers_for, get_module, layer_names, load_model, lrp_composite
+from .models import (
+    canonizer_report,
+    canonizers_for,
+    get_module,
+    layer_names,
+    load_model,
+    lrp_composite,
+)
 from .patches import (
     crop_box,
     crop_patch,
@@ -28,8 +35,8 @@ from .patches import (
 )
 from .plots import (
     patch_grid,
-    plot_concept_mix,
     plot_cluster_distances,
+    plot_concept_mix,
     plot_distance_correlation,
     plot_umap,
     umap_embedding,

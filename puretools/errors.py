@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["PuretoolsError", "WeightsNotFoundError", "CacheError"]
+__all__ = ["CacheError", "PuretoolsError", "WeightsNotFoundError"]
 
 
 class PuretoolsError(ValueError):

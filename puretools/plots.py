@@ -13,10 +13,10 @@ from .errors import PuretoolsError
 from .evaluate import DistanceTable, MeanSem
 
 __all__ = [
-    "plot_concept_mix",
     "cluster_colors",
     "patch_grid",
     "plot_cluster_distances",
+    "plot_concept_mix",
     "plot_distance_correlation",
     "plot_umap",
     "umap_embedding",

@@ -16,7 +16,7 @@ from . import cache
 from .errors import PuretoolsError
 from .models import get_module
 
-__all__ = ["References", "collect_references", "resolve_device", "prepare_model"]
+__all__ = ["References", "collect_references", "prepare_model", "resolve_device"]
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,7 @@ def _render(scenes: dict[str, np.ndarray], with_masks: bool = False):
             idx = np.nonzero(scenes["placed"][:, j] & (scenes["concept"][:, j] == c))[0]
             if len(idx) == 0:
                 continue
-            col = lambda a: a[idx, j].astype(np.float32)[:, None, None]  # noqa: E731
+            col = lambda a: a[idx, j].astype(np.float32)[:, None, None]
             dx = gx[None] - col(scenes["cx"])
             dy = gy[None] - col(scenes["cy"])
             phase = scenes["phase"][idx, j].astype(np.float32)[:, None, None, :]

@@ -13,7 +13,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .errors import PuretoolsError
-from .references import References, check_images, collate_images, layer_output, prepare_model, resolve_device
+from .references import (
+    References,
+    check_images,
+    collate_images,
+    layer_output,
+    prepare_model,
+    resolve_device,
+)
 
 __all__ = ["VirtualNeurons", "activation_features", "kmeans_labels"]
 

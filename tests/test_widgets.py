@@ -5,7 +5,13 @@ import pytest
 import torch
 
 import puretools as pt
-from puretools.widgets import Explorer, ExplorerData, explorer_figure, explorer_scores, prepare_explorer
+from puretools.widgets import (
+    Explorer,
+    ExplorerData,
+    explorer_figure,
+    explorer_scores,
+    prepare_explorer,
+)
 
 
 def two_concept_data(n_neurons=2, n_ref=20):
