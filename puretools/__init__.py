@@ -13,6 +13,7 @@ from .evaluate import (
     cluster_distances,
     distance_correlation,
     evaluate_clusterings,
+    evaluate_toy_world,
     polysemanticity_scores,
     rank_polysemantic,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "distance_correlation",
     "embed_dataset",
     "evaluate_clusterings",
+    "evaluate_toy_world",
     "get_module",
     "layer_names",
     "load_model",

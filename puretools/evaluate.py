@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
@@ -14,6 +15,8 @@ from .errors import PuretoolsError
 from .virtual import kmeans_labels
 
 __all__ = [
+    "ToyEvaluation",
+    "evaluate_toy_world",
     "PAPER_CORRELATIONS",
     "PAPER_DISTANCES",
     "ClusterDistances",
@@ -484,3 +487,67 @@ PAPER_CORRELATIONS: dict[str, MeanSem] = {
     "PURE": MeanSem(0.38, _NAN),
     "activations": MeanSem(0.17, _NAN),
 }
+
+
+@dataclass(frozen=True)
+class ToyEvaluation:
+    """Result of :func:`evaluate_toy_world`: the paper's table and both figures, on the toy world."""
+
+    neurons: list[int]
+    table: DistanceTable
+    correlations: dict[str, MeanSem]
+    distances_figure: object
+    correlation_figure: object
+
+
+def evaluate_toy_world(
+    k: int = 2,
+    method: str = "gradient",
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> ToyEvaluation:
+    """The paper's evaluation on the toy world, in one call, with ground truth as the evaluation space.
+
+    Loads the shipped toy model and the test split, takes the ground-truth polysemantic
+    neurons of ``LAYER``, clusters their references into ``k`` virtual neurons with PURE
+    (circuits from ``LOWER_LAYER``), the activation baseline and k-means in the evaluation
+    space itself (the ground-truth upper bound), and measures intra/inter distances and the
+    distance correlation in the space of the references' multi-hot concept vectors.
+
+    Returns
+    -------
+    ToyEvaluation
+        ``.table`` (:class:`DistanceTable`), ``.correlations`` and the two figures.
+    """
+    from . import toyworld
+    from .circuits import circuit_attributions
+    from .models import load_model
+    from .plots import plot_cluster_distances, plot_distance_correlation
+    from .references import collect_references
+    from .virtual import VirtualNeurons, activation_features
+
+    model = load_model("toy")
+    data = toyworld.ToyWorld(split="test")
+    refs = collect_references(model, data, toyworld.LAYER, n_ref=100, cache_dir=cache_dir, progress=progress)
+    neurons = toyworld.polysemantic_neurons(refs.indices, data.labels)
+    if not neurons:
+        raise PuretoolsError("The toy model has no polysemantic neuron to evaluate.")
+    circuits = circuit_attributions(model, data, toyworld.LAYER, toyworld.LOWER_LAYER, refs, neurons=neurons,
+                                    method=method, cache_dir=cache_dir, progress=progress)
+    acts = activation_features(model, data, toyworld.LAYER, refs, neurons=neurons)
+    space = data.labels[refs.indices[neurons]].float()
+    labels = {
+        "PURE": VirtualNeurons(seed=0).fit(circuits, k=k).labels,
+        "activations": VirtualNeurons(seed=0).fit(acts, k=k).labels,
+        "ground truth": VirtualNeurons(seed=0).fit(space, k=k).labels,
+    }
+    table = evaluate_clusterings(space, labels, space="ground-truth concepts")
+    correlations = distance_correlation(space, {"PURE": circuits, "activations": acts},
+                                        n_subsets=len(neurons), subset_size=1)
+    return ToyEvaluation(
+        neurons=neurons,
+        table=table,
+        correlations=correlations,
+        distances_figure=plot_cluster_distances(table, title="toy world, ground-truth concept space"),
+        correlation_figure=plot_distance_correlation(correlations, title="correlation with ground-truth distances"),
+    )

@@ -61,7 +61,7 @@ SPLIT_SIZES = {"train": 24_000, "test": 3_000}
 _STREAMS = {"train": 0, "test": 1}  # independent random streams: the splits never share an image
 _CHUNK = 500  # images are generated in chunks of fixed size, so a prefix of a split is the same images
 _MAX_OBJECTS = 3
-_OBJECT_COUNTS = (0.55, 0.3, 0.15)  # probabilities of 1, 2, 3 objects (before placement)
+_OBJECT_COUNTS = (0.7, 0.2, 0.1)  # probabilities of 1, 2, 3 objects (before placement)
 _SIZE_RANGE = (8.0, 15.0)  # side of an object's bounding box, pixels
 
 

@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 import puretools as pt
@@ -165,3 +167,50 @@ def test_rank_polysemantic_nan_and_inf():
     scores = torch.tensor([1.0, float("nan"), float("inf"), 2.0, 1.0])
     assert rank_polysemantic(scores).tolist() == [2, 3, 0, 4, 1]
     assert rank_polysemantic(scores, neurons=[50, 51, 52, 53, 54]).tolist() == [52, 53, 50, 54, 51]
+
+
+def test_evaluate_toy_world_in_one_call(tmp_path):
+    import time
+
+    from PIL import Image
+
+    start = time.perf_counter()
+    result = pt.evaluate_toy_world(cache_dir=tmp_path)
+    elapsed = time.perf_counter() - start
+    assert len(result.neurons) >= 2
+    assert result.table.methods == ["PURE", "activations", "ground truth"]
+    for row in result.table.rows:  # splitting can only lower intra / raise inter vs no split on average
+        assert row.intra.mean < result.table.unclustered.mean < row.inter.mean
+    assert set(result.correlations) == {"PURE", "activations"}
+    for name, fig in [("distances", result.distances_figure), ("correlation", result.correlation_figure)]:
+        fig.savefig(tmp_path / f"{name}.png")
+        assert Image.open(tmp_path / f"{name}.png").size[0] > 100
+    print(f"evaluate_toy_world took {elapsed:.1f} s")
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(4, 25), k=st.integers(2, 4),
+       scale=st.floats(0.1, 10), shift=st.floats(-5, 5))
+def test_cluster_distance_properties(seed, n, k, scale, shift):
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.normal(size=(n, 3)))
+    labels = torch.from_numpy(rng.integers(0, k, size=n))
+    d = cluster_distances(x, labels)
+    moved = cluster_distances(x * scale + shift, labels)  # Euclidean: translation-free, scales linearly
+    for a, b in [(d.intra, moved.intra), (d.inter, moved.inter), (d.unclustered, moved.unclustered)]:
+        if np.isfinite(a):
+            assert b == pytest.approx(a * scale, rel=1e-6, abs=1e-9)
+    perm = torch.from_numpy(rng.permutation(n))
+    renamed = cluster_distances(x[perm], (labels[perm] + 1) % k)  # order and names of clusters do not matter
+    assert renamed.unclustered == pytest.approx(d.unclustered)
+    if np.isfinite(d.inter):
+        assert renamed.inter == pytest.approx(d.inter)
+    assert d.unclustered >= 0 and (not np.isfinite(d.intra) or d.intra >= 0)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), scale=st.floats(0.5, 4))
+def test_distance_correlation_of_a_scaled_copy_is_one(seed, scale):
+    x = torch.from_numpy(np.random.default_rng(seed).normal(size=(4, 10, 3)))
+    r = distance_correlation(x, {"same": x, "scaled": x * scale}, n_subsets=2, subset_size=2)
+    assert r["same"].mean == pytest.approx(1.0) and r["scaled"].mean == pytest.approx(1.0)
