@@ -4,9 +4,9 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import torch
 
 import puretools as pt
 from puretools.errors import PuretoolsError
