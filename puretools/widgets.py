@@ -85,6 +85,7 @@ def prepare_explorer(
     denormalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
     patch_size: int = 32,
     umap: bool = True,
+    max_k: int = 5,
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
@@ -110,6 +111,8 @@ def prepare_explorer(
         Side of the patches shown.
     umap : bool
         Compute UMAP embeddings (else PCA, which is instant).
+    max_k : int
+        Clusterings for k = 1..max_k are computed up front, for both methods.
     """
     from .toyworld import dominant_concepts
 
@@ -148,7 +151,7 @@ def prepare_explorer(
                 for i in tqdm(order, desc=f"2-D map of {method}", disable=not progress)
             ]
         )
-    return ExplorerData(
+    data = ExplorerData(
         neurons=[neurons[i] for i in order],
         scores=[float(scores[i]) for i in order],
         features={m: f[order] for m, f in features.items()},
@@ -158,6 +161,12 @@ def prepare_explorer(
         concept_names=None if concept_names is None else list(concept_names),
         eval_space=None if eval_space is None else torch.as_tensor(eval_space)[order],
     )
+    n_ref = references.n_ref
+    for position in range(len(neurons)):  # every slider position's clustering, so updates only draw
+        for method in METHODS:
+            for k in range(1, min(max_k, n_ref) + 1):
+                data.labels(position, method, k, seed=seed)
+    return data
 
 
 def _project(features: torch.Tensor, use_umap: bool, seed: int) -> np.ndarray:
