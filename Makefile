@@ -25,8 +25,9 @@ chromium:
 	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }; }
 
+# The demo never downloads: notebook 07 runs in smoke mode (random weights, generated images).
 demo: $(STAMP)
-	$(PY) -m puretools demo --out build
+	PURETOOLS_SMOKE=1 HF_HUB_OFFLINE=1 $(PY) -m puretools demo --out build
 
 lint: $(STAMP)
 	$(PY) -m ruff check puretools tests benchmarks
