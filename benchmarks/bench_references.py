@@ -56,7 +56,6 @@ from bench_circuits import (  # noqa: E402
     load_setup,
     machine_info,
     print_machine,
-    sync,
 )
 
 import puretools as pt  # noqa: E402
