@@ -175,6 +175,56 @@ def _load_images(dataset: Dataset, indices: torch.Tensor, num_workers: int) -> t
     return torch.cat(list(loader))
 
 
+def _attribute_chunk(
+    sub: nn.Module,
+    lower: torch.Tensor,
+    pairs: torch.Tensor,
+    counts: torch.Tensor,
+    pair_channel: torch.Tensor,
+    out: torch.Tensor,
+    method: str,
+    batch_size: int,
+    precision: str,
+    device: torch.device,
+    bar,
+) -> None:
+    """Write the unnormalised circuits of the pairs of one chunk of images into ``out``.
+
+    ``lower`` holds the chunk's images' lower-layer activations; ``pairs`` the flat ids of the
+    pairs whose image is in the chunk, grouped by image in the order of ``lower``, ``counts``
+    of them per image. The subnetwork runs forward once for ``batch_size`` images; then, in
+    round r, one backward pass computes the r-th pair of every image of the block (each row
+    with its own channel mask) and the graph is kept for the next round. Images are taken in
+    decreasing order of their pair counts so that the images of a block need about as many
+    rounds each, and few rows of a backward pass carry no pair.
+    """
+    offsets = torch.cumsum(counts, 0) - counts  # position in `pairs` of each image's first pair
+    by_count = torch.argsort(counts, descending=True, stable=True)
+    for b in range(0, len(by_count), batch_size):
+        images = by_count[b : b + batch_size]
+        n_pairs = counts[images]  # decreasing
+        x = lower[images.to(lower.device)].requires_grad_(True)
+        with torch.enable_grad(), _precision_context(precision, device):
+            y = sub(x)
+        start = y.detach().clamp(min=0)  # the neuron's relevance at `layer`: relu(a_k)
+        x_value = x.detach()
+        grad_out = torch.zeros_like(y)
+        rounds = int(n_pairs[0])
+        for r in range(rounds):
+            n_rows = int((n_pairs > r).sum())  # the images with an r-th pair: a prefix of the block
+            pair_ids = pairs[offsets[images[:n_rows]] + r]
+            rows = torch.arange(n_rows, device=device)
+            channel = pair_channel[pair_ids].to(device)
+            grad_out[rows, channel] = start[rows, channel]
+            with torch.enable_grad(), _precision_context(precision, device):
+                (grad,) = torch.autograd.grad(y, x, grad_out, retain_graph=r + 1 < rounds)
+            grad_out[rows, channel] = 0
+            rel = grad[:n_rows] * x_value[:n_rows] if method == "gradient" else grad[:n_rows]
+            rel = rel.float().flatten(2).sum(-1) if rel.ndim > 2 else rel.float()
+            out[pair_ids] = rel.cpu()
+            bar.update(n_rows)
+
+
 def circuit_attributions(
     model: nn.Module,
     dataset: Dataset,
@@ -202,8 +252,10 @@ def circuit_attributions(
     over space and divided by its L1 norm over channels.
 
     The lower-layer activations of each reference image are computed once, however many
-    neurons share it; then only the subnetwork between the two layers runs, forward and
-    backward, for ``batch_size`` pairs at a time, each with its own channel mask.
+    neurons share it; then only the subnetwork between the two layers runs: forward once per
+    image, for ``batch_size`` images at a time, and backward once per (neuron, image) pair,
+    for the next pair of every image of the batch at a time, each row with its own channel
+    mask. Per-neuron Python work stays out of the loop.
 
     Parameters
     ----------
@@ -219,7 +271,8 @@ def circuit_attributions(
         Channels of ``layer`` to attribute; None means all.
     method : {"gradient", "lrp"}
     batch_size : int
-        (neuron, reference) pairs per forward/backward pass; lower it to save memory.
+        Reference images per forward pass through the subnetwork, and so rows per backward
+        pass; memory grows with it, lower it to save memory.
     image_chunk : int
         Reference images whose lower-layer activations are held at once.
     device : str, torch.device or None
@@ -297,7 +350,7 @@ def circuit_attributions(
             return hit["circuits"]
 
     pair_images = ref_idx[neurons_t]  # [N, R] data-set index of each pair
-    pair_channel = neurons_t[:, None].expand(-1, n_ref)
+    pair_channel = neurons_t[:, None].expand(-1, n_ref).reshape(-1)  # neuron of each pair
     flat_images = pair_images.reshape(-1)
     order = torch.argsort(flat_images, stable=True)  # group pairs by image
     unique_images, counts = torch.unique_consecutive(flat_images[order], return_counts=True)
@@ -321,27 +374,13 @@ def circuit_attributions(
             with torch.no_grad(), _precision_context(precision, device):
                 lower = forward_to(model, lower_layer, images.to(device, non_blocking=True))
             lower = lower.detach()
+            if out is None:
+                out = torch.zeros(len(flat_images), lower.shape[1])
             first = int(pair_end[start - 1]) if start else 0
             end = min(start + image_chunk, len(unique_images))
             last = int(pair_end[end - 1])
-            pairs = order[first:last]  # flat pair ids whose image is in this chunk
-            local = torch.searchsorted(chunk, flat_images[pairs])  # row in `lower`
-            for b in range(0, len(pairs), batch_size):
-                pair_ids = pairs[b : b + batch_size]
-                x = lower[local[b : b + batch_size].to(device)].clone().requires_grad_(True)
-                with torch.enable_grad(), _precision_context(precision, device):
-                    y = sub(x)
-                    channel = pair_channel.reshape(-1)[pair_ids].to(device)
-                    rows = torch.arange(len(pair_ids), device=device)
-                    grad_out = torch.zeros_like(y)
-                    grad_out[rows, channel] = y.detach()[rows, channel].clamp(min=0)
-                    (grad,) = torch.autograd.grad(y, x, grad_out)
-                rel = grad * x.detach() if method == "gradient" else grad
-                rel = rel.float().flatten(2).sum(-1) if rel.ndim > 2 else rel.float()
-                if out is None:
-                    out = torch.zeros(len(flat_images), rel.shape[1])
-                out[pair_ids] = rel.cpu()
-                bar.update(len(pair_ids))
+            _attribute_chunk(sub, lower, order[first:last], counts[start:end], pair_channel, out,
+                             method, batch_size, precision, device, bar)  # fmt: skip
             if key is not None and checkpoint_every and chunk_number % checkpoint_every == 0 and end < len(unique_images):
                 cache.save_cached(cache_dir, "circuits-partial", key, {"out": out, "next": torch.tensor(end)})
     bar.close()

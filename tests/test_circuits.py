@@ -66,6 +66,24 @@ def test_vgg_style_matches_crp(vgg, small_images, method):
     assert (ours - ref).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("method", ["gradient", "lrp"])
+def test_images_shared_by_many_neurons_match_crp(resnet18, small_images, method):
+    """One forward per image, one backward round per pair of it: rounds of unequal size."""
+    from types import SimpleNamespace
+
+    neurons = [0, 1, 2, 3, 4, 5]
+    idx = torch.zeros(512, 4, dtype=torch.long)
+    for n in neurons:  # image 3 is a reference of all six, 30-32 of two each, the rest of one
+        idx[n] = torch.tensor([3, 10 + n, 20 + n, 30 + n % 3])
+    idx[2, 1] = 3 + 1  # and image 4 of neuron 2 alone, placed among the shared ones
+    ours = pt.circuit_attributions(resnet18, small_images, "layer4", "layer3", idx, neurons=neurons,
+                                   method=method, batch_size=2, image_chunk=5, progress=False)  # fmt: skip
+    ref = crp_circuits(resnet18, small_images, "layer4", "layer3", SimpleNamespace(indices=idx),
+                       neurons, method)  # fmt: skip
+    assert ours.shape == (6, 4, 256) and ours.abs().sum() > 0
+    assert (ours - ref).abs().max() <= 1e-4
+
+
 def test_batching_does_not_change_results(resnet18, small_images):
     refs = pt.collect_references(resnet18, small_images, "layer4", n_ref=5, progress=False)
     a = pt.circuit_attributions(resnet18, small_images, "layer4", "layer3", refs, neurons=range(20), batch_size=1000, progress=False)
