@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import inspect
 import json
 import os
 import platform
@@ -59,7 +58,6 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 import puretools as pt  # noqa: E402
-from puretools.references import layer_output  # noqa: E402
 
 # Lines the tests (tests/test_benchmarks.py) look for; keep their wording.
 RATIO_LABEL = "RATIO reference/ours"
@@ -275,39 +273,6 @@ def first_image(dataset: Dataset) -> torch.Tensor:
     return item[0] if isinstance(item, (tuple, list)) else item
 
 
-def batch_size_for_memory(model, dataset, layer: str, lower: str, max_memory_gib: float,
-                          device: torch.device, precision: str) -> tuple[int, float]:
-    """Pairs per batch that fit in ``max_memory_gib``, from the bytes one pair costs.
-
-    Measures the tensors autograd saves for the backward of the subnetwork for 1 and 3 pairs
-    (the difference is per pair, excluding the weights), adds the input, its gradient and the
-    output gradient, and keeps a 1.5x margin for the backward's temporaries.
-    """
-    sub = pt.subnetwork(model, lower, layer)
-    x = first_image(dataset)[None].to(device)
-    with torch.no_grad():
-        low = layer_output(model, lower, x)
-
-    def saved(n: int) -> int:
-        total = [0]
-
-        def pack(t):
-            total[0] += t.numel() * t.element_size()
-            return t
-
-        inp = low.expand(n, *low.shape[1:]).clone().requires_grad_(True)
-        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bfloat16" else contextlib.nullcontext()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
-            out = sub(inp)
-        return total[0], out
-
-    s1, _ = saved(1)
-    s3, out = saved(3)
-    per_pair = (s3 - s1) / 2 + 3 * low[0].numel() * 4 + 2 * out[0].numel() * 4
-    per_pair *= 1.5
-    return max(1, int(max_memory_gib * 2**30 // per_pair)), per_pair
-
-
 # --------------------------------------------------------------------------- the two pipelines
 
 
@@ -416,7 +381,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "or what --max-memory allows)")
     p.add_argument("--max-memory", type=float, default=None,
                    help="GiB for puretools' pair batches: picks --batch-size from the measured bytes per pair")
-    p.add_argument("--image-chunk", type=int, default=512, help="puretools image_chunk (default 512)")
+    p.add_argument("--image-chunk", type=int, default=None, help="puretools image_chunk (default 512)")
     p.add_argument("--ref-batch-size", type=int, default=40, help="batch size of the reference loop (PURE: 40)")
     p.add_argument("--ref-workers", type=int, default=0,
                    help="DataLoader workers of the reference loop, created per neuron as in PURE (which uses 8 "
@@ -475,12 +440,14 @@ def run(args: argparse.Namespace) -> dict | None:
     print(f"references: {n_channels} channels x {n_ref} (collected once, shared; {m_refs.wall:.1f} s), "
           f"{n_distinct} distinct reference images")
 
-    batch_size = args.batch_size
-    if args.max_memory is not None and batch_size is None:
-        batch_size, per_pair = batch_size_for_memory(model, dataset, layer, lower, args.max_memory, device, args.precision)
-        print(f"--max-memory {args.max_memory} GiB: ~{per_pair / 2**20:.2f} MiB per pair -> batch size {batch_size}")
-    default_bs = inspect.signature(pt.circuit_attributions).parameters["batch_size"].default
-    args.batch_size = batch_size or default_bs
+    if args.max_memory is not None:  # puretools' own memory plan, as circuit_attributions applies it
+        plan = pt.memory_plan(model, first_image(dataset), layer, lower, args.max_memory, args.precision, device)
+        print(f"--max-memory {args.max_memory} GiB: ~{plan['bytes_per_row'] / 2**20:.2f} MiB per row, "
+              f"~{plan['bytes_per_image'] / 2**20:.2f} MiB per image -> batch size {plan['batch_size']}, "
+              f"image chunk {plan['image_chunk']}")
+        args.batch_size = min(args.batch_size or plan["batch_size"], plan["batch_size"])
+        args.image_chunk = min(args.image_chunk or plan["image_chunk"], plan["image_chunk"])
+    args.batch_size, args.image_chunk = args.batch_size or 256, args.image_chunk or 512
 
     g = torch.Generator().manual_seed(args.seed)
     sample = sorted(torch.randperm(n_channels, generator=g)[: max(1, min(args.neurons_sample, n_channels))].tolist())

@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .circuits import circuit_attributions, subnetwork
+from .circuits import circuit_attributions, memory_plan, subnetwork
 from .embed import ClipEmbedder, ConceptEmbedder, DinoEmbedder, Embedder, embed_dataset
 from .errors import CacheError, PuretoolsError, WeightsNotFoundError
 from .evaluate import (
@@ -65,6 +65,7 @@ __all__ = [
     "canonizer_report",
     "canonizers_for",
     "circuit_attributions",
+    "memory_plan",
     "cluster_distances",
     "collect_references",
     "crop_box",

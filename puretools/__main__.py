@@ -71,7 +71,7 @@ def _attribute(args) -> None:
     t = time.perf_counter()
     circuits = circuit_attributions(
         model, dataset, layer, lower, refs, neurons=neurons, method=args.method,
-        batch_size=args.pair_batch_size, device=device, precision=args.precision,
+        batch_size=args.pair_batch_size, max_memory=args.max_memory, device=device, precision=args.precision,
         cache_dir=args.cache_dir,
     )
     print(f"circuits: {tuple(circuits.shape)} ({lower} <- {layer}, {args.method}) in "
@@ -125,7 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--neurons", default=None, help="comma-separated neuron indices (default: all)")
     p.add_argument("--method", choices=("gradient", "lrp"), default="gradient")
     p.add_argument("--precision", choices=("float32", "tf32", "bfloat16"), default="float32")
-    p.add_argument("--pair-batch-size", type=int, default=256, help="(neuron, reference) pairs per pass")
+    p.add_argument("--pair-batch-size", type=int, default=None,
+                   help="reference images per subnetwork pass (default 256, or what --max-memory allows)")
+    p.add_argument("--max-memory", type=float, default=None,
+                   help="GiB of device memory for the working tensors; sets the batch sizes")
     p.set_defaults(func=_attribute)
 
     p = sub.add_parser("toy", help="the toy world")

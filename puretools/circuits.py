@@ -24,7 +24,7 @@ from .references import (
     resolve_device,
 )
 
-__all__ = ["circuit_attributions", "normalize_circuits", "subnetwork"]
+__all__ = ["circuit_attributions", "memory_plan", "normalize_circuits", "subnetwork"]
 
 Method = Literal["gradient", "lrp"]
 Precision = Literal["float32", "tf32", "bfloat16"]
@@ -245,6 +245,96 @@ def _attribute_chunk(
                 n_rows = n_next
 
 
+def memory_plan(
+    model: nn.Module,
+    example: torch.Tensor,
+    layer: str,
+    lower_layer: str,
+    max_memory: float,
+    precision: Precision = "float32",
+    device: str | torch.device | None = None,
+) -> dict[str, int]:
+    """The largest ``batch_size`` and ``image_chunk`` whose working memory fits ``max_memory``.
+
+    Measured on one ``example`` image [3, H, W]: the tensors autograd saves for the backward
+    of the subnetwork per row (from 1 and 3 rows, so the weights do not count), plus the row's
+    input, gradients and output, with a 1.5x margin for the backward's temporaries; and per
+    image of a chunk, the image, its lower-layer activations (twice) and three times the
+    largest activation on the way up to ``lower_layer``. A third of ``max_memory`` goes to the
+    image chunk, two thirds to the batch of rows. The model's weights and the result (on the
+    CPU) are not part of the budget.
+
+    Parameters
+    ----------
+    max_memory : float
+        GiB of device memory for the working tensors.
+
+    Returns
+    -------
+    dict
+        ``batch_size``, ``image_chunk``, ``bytes_per_row`` and ``bytes_per_image``.
+
+    Raises
+    ------
+    PuretoolsError
+        If not even one row and one image fit.
+
+    Examples
+    --------
+    >>> import torch, torch.nn as nn
+    >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.ReLU()).eval()
+    >>> plan = memory_plan(model, torch.randn(3, 32, 32), "3", "1", max_memory=0.01)
+    >>> plan["batch_size"] >= 1 and plan["image_chunk"] >= 1
+    True
+    """
+    if not max_memory > 0:
+        raise PuretoolsError(f"max_memory is in GiB and must be positive, not {max_memory!r}.")
+    device = resolve_device(device, model)
+    sub = subnetwork(model, lower_layer, layer)
+    x = example[None].to(device)
+    largest = [0]
+
+    def track(_module, _inputs, output):
+        if isinstance(output, torch.Tensor):
+            largest[0] = max(largest[0], output.numel() * output.element_size())
+
+    handles = [m.register_forward_hook(track) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.inference_mode(), _precision_context(precision, device):
+            low = forward_to(model, lower_layer, x)
+    finally:
+        for h in handles:
+            h.remove()
+    low = low.clone()
+
+    def saved(n: int) -> tuple[int, torch.Tensor]:
+        total = [0]
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        rows = low.expand(n, *low.shape[1:]).clone().requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _precision_context(precision, device):
+            out = sub(rows)
+        return total[0], out
+
+    s1, _ = saved(1)
+    s3, out = saved(3)
+    per_row = 1.5 * ((s3 - s1) / 2 + 3 * low[0].numel() * 4 + 3 * out[0].numel() * 4)
+    per_image = example.numel() * 4 + 2 * low[0].numel() * 4 + 3 * largest[0]
+    budget = max_memory * 2**30
+    batch_size, image_chunk = int(budget * 2 / 3 // per_row), int(budget / 3 // per_image)
+    if batch_size < 1 or image_chunk < 1:
+        raise PuretoolsError(
+            f"max_memory={max_memory} GiB is too small: one row of the subnetwork needs about "
+            f"{per_row / 2**20:.1f} MiB and one image {per_image / 2**20:.1f} MiB. Raise max_memory "
+            f"to at least {3 * max(per_row / 2, per_image) / 2**30:.3g} GiB."
+        )
+    return {"batch_size": batch_size, "image_chunk": image_chunk,
+            "bytes_per_row": int(per_row), "bytes_per_image": int(per_image)}  # fmt: skip
+
+
 def circuit_attributions(
     model: nn.Module,
     dataset: Dataset,
@@ -253,8 +343,9 @@ def circuit_attributions(
     references: References | torch.Tensor,
     neurons: list[int] | torch.Tensor | None = None,
     method: Method = "gradient",
-    batch_size: int = 256,
-    image_chunk: int = 512,
+    batch_size: int | None = None,
+    image_chunk: int | None = None,
+    max_memory: float | None = None,
     device: str | torch.device | None = None,
     precision: Precision = "float32",
     cache_dir: str | os.PathLike | None = None,
@@ -290,11 +381,16 @@ def circuit_attributions(
     neurons : sequence of int or None
         Channels of ``layer`` to attribute; None means all.
     method : {"gradient", "lrp"}
-    batch_size : int
+    batch_size : int or None
         Reference images per forward pass through the subnetwork, and so rows per backward
-        pass; memory grows with it, lower it to save memory.
-    image_chunk : int
-        Reference images whose lower-layer activations are held at once.
+        pass; memory grows with it. None: 256, or the most that fit in ``max_memory``.
+    image_chunk : int or None
+        Reference images whose lower-layer activations are held at once. None: 512, or the
+        most that fit in ``max_memory``.
+    max_memory : float or None
+        GiB of device memory the working tensors may use (weights and the result excluded);
+        sets ``batch_size`` and ``image_chunk`` by :func:`memory_plan` (explicit values lower
+        than the plan's win). None: no bound beyond the two sizes.
     device : str, torch.device or None
         None: the model's device.
     precision : {"float32", "tf32", "bfloat16"}
@@ -328,11 +424,17 @@ def circuit_attributions(
     """
     if method not in ("gradient", "lrp"):
         raise PuretoolsError(f"method must be 'gradient' or 'lrp', not {method!r}.")
-    if batch_size < 1 or image_chunk < 1:
+    if (batch_size is not None and batch_size < 1) or (image_chunk is not None and image_chunk < 1):
         raise PuretoolsError("batch_size and image_chunk must be positive integers.")
     device = resolve_device(device, model)
     model = prepare_model(model, device)
     sub = subnetwork(model, lower_layer, layer)
+    if max_memory is not None:
+        example = collate_images([dataset[0]])[0]
+        plan = memory_plan(model, example, layer, lower_layer, max_memory, precision, device)
+        batch_size = min(batch_size or plan["batch_size"], plan["batch_size"])
+        image_chunk = min(image_chunk or plan["image_chunk"], plan["image_chunk"])
+    batch_size, image_chunk = batch_size or 256, image_chunk or 512
     ref_idx = _reference_indices(references)
     n_channels, n_ref = ref_idx.shape
     if neurons is None:

@@ -44,6 +44,14 @@ def test_bench_circuits_quick():
     assert "machine:" in out and "peak memory" in out
 
 
+def test_bench_circuits_quick_with_a_memory_bound():
+    out = run_script("bench_circuits.py", "--max-memory", "0.05")
+    plan = re.search(r"--max-memory 0.05 GiB: .* -> batch size (\d+), image chunk (\d+)", out)
+    assert plan, out
+    assert f"puretools batch_size={plan[1]} image_chunk={plan[2]};" in out
+    assert all(d <= 1e-4 for d in max_abs_diffs(out))
+
+
 def test_bench_circuits_toy_quick():
     """Runs on the shipped toy model, or says clearly that it is not built yet."""
     out = run_script("bench_circuits.py", "--model", "toy")

@@ -152,3 +152,40 @@ def test_cache_reuses_and_fingerprints(resnet18, small_images, tmp_path):
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     pt.circuit_attributions(resnet18, small_images, "layer4", "layer3", refs, method="lrp", **kw)
     assert len(list(tmp_path.glob("circuits-*.safetensors"))) == 2
+
+
+def test_max_memory_sets_the_batch_sizes_and_keeps_the_results(resnet18, small_images):
+    refs = pt.collect_references(resnet18, small_images, "layer4", n_ref=4, progress=False)
+    example = small_images[0][0]
+    small = pt.memory_plan(resnet18, example, "layer4", "layer3", max_memory=0.01)
+    large = pt.memory_plan(resnet18, example, "layer4", "layer3", max_memory=1.0)
+    # the plan is linear in the budget (up to rounding) and counts what autograd saves per row
+    assert 1 <= small["batch_size"] < large["batch_size"]
+    assert abs(large["batch_size"] / small["batch_size"] - 100) < 100 / small["batch_size"] + 1
+    rows = small["batch_size"] * small["bytes_per_row"] + small["image_chunk"] * small["bytes_per_image"]
+    assert rows <= 0.01 * 2**30
+
+    def saved_bytes(n):  # what autograd keeps for the backward of n rows (layer3 output at 48 px)
+        sizes = []
+        x = torch.randn(n, 256, 3, 3, requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel() * t.element_size()) or t,
+                                                      lambda t: t):  # fmt: skip
+            pt.subnetwork(resnet18, "layer3", "layer4")(x)
+        return sum(sizes)
+
+    per_row = (saved_bytes(6) - saved_bytes(2)) / 4  # the weights cancel
+    assert per_row > 0
+    assert per_row <= small["bytes_per_row"] <= 3 * per_row + 6 * 256 * 9 * 4
+    ours = pt.circuit_attributions(resnet18, small_images, "layer4", "layer3", refs, neurons=range(8),
+                                   max_memory=0.01, progress=False)  # fmt: skip
+    plain = pt.circuit_attributions(resnet18, small_images, "layer4", "layer3", refs, neurons=range(8), progress=False)
+    assert (ours - plain).abs().max() <= 1e-6
+
+
+def test_max_memory_too_small_says_how_much_is_needed(resnet18, small_images):
+    refs = pt.collect_references(resnet18, small_images, "layer4", n_ref=2, progress=False)
+    with pytest.raises(pt.PuretoolsError, match="too small.*Raise max_memory to at least"):
+        pt.circuit_attributions(resnet18, small_images, "layer4", "layer3", refs, neurons=[0],
+                                max_memory=1e-7, progress=False)  # fmt: skip
+    with pytest.raises(pt.PuretoolsError, match="must be positive"):
+        pt.memory_plan(resnet18, small_images[0][0], "layer4", "layer3", max_memory=0)

@@ -30,7 +30,7 @@ def test_collect_and_attribute_on_image_folder(tmp_path):
     result = run("collect", *common)
     assert result.returncode == 0, result.stderr
     assert "references: (512, 4)" in result.stdout
-    result = run("attribute", *common, "--neurons", "0,5,9")
+    result = run("attribute", *common, "--neurons", "0,5,9", "--max-memory", "0.05")
     assert result.returncode == 0, result.stderr
     assert "circuits: (3, 4, 256)" in result.stdout
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
