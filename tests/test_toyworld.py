@@ -110,7 +110,7 @@ def test_load_toy_model_builds_the_recorded_architecture(toy_model, record):
 
     assert not toy_model.training
     names = [n for n, _ in toy_model.named_children()]
-    assert names == ["conv1", "bn1", "relu", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc"]
+    assert names == ["conv1", "bn1", "relu", *(f"layer{i}" for i in range(1, 5)), "avgpool", "fc"]
     assert all(isinstance(getattr(toy_model, f"layer{i}")[0], BasicBlock) for i in range(1, 5))
     widths = [getattr(toy_model, f"layer{i}")[0].conv2.out_channels for i in range(1, 5)]
     assert widths == record["config"]["widths"]
@@ -152,7 +152,7 @@ def test_missing_checkpoint_says_how_to_train(tmp_path):
 
 
 def test_short_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path):
-    record = tw.train(tmp_path, n_train=640, max_batches=6, batch_size=64, verbose=False,
+    record = tw.train(tmp_path, n_train=640, max_batches=6, batch_size=64, verbose=False, threads=1,
                       widths=(8, 8, 16, 4))  # fmt: skip
     history = record["loss_history"]
     assert len(history) == 6 and history[-1] < history[0]
@@ -165,7 +165,8 @@ def test_short_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_pat
 
 
 def test_training_is_reproducible(tmp_path):
-    kwargs = dict(n_train=256, max_batches=3, batch_size=64, verbose=False, widths=(4, 4, 8, 4))
+    kwargs = dict(n_train=256, max_batches=3, batch_size=64, verbose=False, widths=(4, 4, 8, 4),
+                  threads=1)
     a = tw.train(tmp_path / "a", seed=3, **kwargs)
     b = tw.train(tmp_path / "b", seed=3, **kwargs)
     c = tw.train(tmp_path / "c", seed=4, **kwargs)
@@ -186,7 +187,8 @@ def test_concept_mix_and_dominant_concepts():
     tie = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
     assert tw.dominant_concepts(tie).tolist() == [0, -1]
     # an explicit preference order wins over the references' own mix
-    assert tw.dominant_concepts(labels, mix=torch.tensor([0, 0, 1.0, 0])).tolist() == [0, 0, 1, 1, 2]
+    prefer_2 = torch.tensor([0, 0, 1.0, 0])
+    assert tw.dominant_concepts(labels, mix=prefer_2).tolist() == [0, 0, 1, 1, 2]
 
 
 def test_ground_truth_scores_on_a_hand_example():
