@@ -740,7 +740,7 @@ def polysemantic_neurons(
 
     Parameters
     ----------
-    reference_indices : LongTensor [channels, n_ref]
+    reference_indices : LongTensor [channels, n_ref] or References
         Reference samples per neuron (``collect_references(...).indices``).
     labels : Tensor [N, n_concepts]
         Multi-hot ground truth of the whole data set (``ToyWorld.labels``).
@@ -762,6 +762,8 @@ def polysemantic_neurons(
     ([0, 1, 2], [0, 1])
     """
     out = []
+    if not isinstance(reference_indices, torch.Tensor):  # References
+        reference_indices = reference_indices.indices
     for k, idx in enumerate(reference_indices):
         shares = dominant_shares(labels[idx])
         if int((shares >= min_share).sum()) >= 2:
