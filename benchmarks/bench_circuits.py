@@ -58,6 +58,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 import puretools as pt  # noqa: E402
+from puretools.circuits import tf32_matmuls  # noqa: E402
 
 # Lines the tests (tests/test_benchmarks.py) look for; keep their wording.
 RATIO_LABEL = "RATIO reference/ours"
@@ -214,16 +215,6 @@ class Measure:
         if self.base_bytes is not None:
             extra = f" (+{(self.peak_bytes - self.base_bytes) / 2**30:.2f} over start)"
         return f"{self.peak_bytes / 2**30:.2f} GiB{extra}"
-
-
-@contextlib.contextmanager
-def tf32(enabled: bool):
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 # --------------------------------------------------------------------------- model and data
@@ -472,7 +463,7 @@ def run(args: argparse.Namespace) -> dict | None:
 
     ref, m_ref = best(lambda: reference_circuits(model, dataset, layer, lower, refs, sample, device,
                                                  args.method, args.ref_batch_size, args.ref_workers), args.repeats)
-    with tf32(args.precision == "tf32") if device.type == "cuda" else contextlib.nullcontext():
+    with tf32_matmuls(args.precision == "tf32") if device.type == "cuda" else contextlib.nullcontext():
         ours, m_ours = best(lambda: our_circuits(model, dataset, layer, lower, refs, None, device, args), args.repeats)
 
     diffs = (ours[sample].double() - ref.double()).abs()

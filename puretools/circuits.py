@@ -152,14 +152,15 @@ def _precision_context(precision: str, device: torch.device):
     if precision == "bfloat16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     if precision == "tf32":
-        return _tf32()
+        return tf32_matmuls(True)
     raise PuretoolsError(f"precision must be 'float32', 'tf32' or 'bfloat16', not {precision!r}.")
 
 
 @contextlib.contextmanager
-def _tf32():
+def tf32_matmuls(enabled: bool):
+    """Allow (or forbid) TF32 in CUDA matmuls and cuDNN convolutions inside the block."""
     old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
     try:
         yield
     finally:
@@ -499,7 +500,6 @@ def circuit_attributions(
                     forward_to(model, lower_layer, images[i : i + step].to(device, non_blocking=True))
                     for i in range(0, len(images), step)
                 ])
-            lower = lower.clone()  # a normal tensor (not an inference tensor) that autograd can use
             if out is None:
                 out = torch.zeros(len(flat_images), lower.shape[1])
             first = int(pair_end[start - 1]) if start else 0
