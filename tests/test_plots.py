@@ -140,3 +140,68 @@ def test_plot_umap_without_extras_and_bad_input(tmp_path):
         plot_umap(coords, labels=[0, 1])
     with pytest.raises(PuretoolsError, match="n_neighbors"):
         umap_embedding(np.zeros((10, 3)), n_neighbors=10)
+
+
+def _rendered(fig):
+    """An Agg renderer of ``fig``, drawn, to measure where things landed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+@pytest.mark.parametrize("figsize", [(6, 4), (3, 2.5)])
+def test_cluster_distance_legend_never_covers_bars_and_axis_starts_at_zero(figsize):
+    from matplotlib.transforms import Bbox
+
+    g = torch.Generator().manual_seed(1)
+    emb = torch.randn(6, 12, 4, generator=g)
+    table = evaluate_clusterings(emb, {m: torch.randint(0, 2, (6, 12), generator=g)
+                                       for m in ("PURE", "activations", "DINOv2")})
+    for t in (table, PAPER_DISTANCES):
+        fig = plot_cluster_distances(t, figsize=figsize, dpi=60)
+        ax = fig.axes[0]
+        renderer = _rendered(fig)
+        legend = ax.get_legend().get_window_extent(renderer)
+        assert ax.get_ylim()[0] == 0.0
+        covered = [p.get_window_extent(renderer) for p in ax.patches]
+        covered += [text.get_window_extent(renderer) for text in ax.texts]  # the values on the bars
+        covered += [Bbox(ax.transData.transform(seg)) for c in ax.collections  # the error bars
+                    for seg in c.get_segments() if len(seg) and np.isfinite(seg).all()]
+        assert covered and not any(legend.overlaps(b) for b in covered)
+        assert len(ax.texts) == 2 * len(t.rows)  # every bar carries its value
+
+
+def test_cluster_distances_say_when_the_axis_does_not_start_at_zero():
+    fig = plot_cluster_distances(PAPER_DISTANCES, zero=False)
+    ax = fig.axes[0]
+    bottom = ax.get_ylim()[0]
+    assert bottom > 0 and "not 0" in ax.get_ylabel() and f"{bottom:.2f}" in ax.get_ylabel()
+
+
+def test_correlation_bars_are_coloured_by_method_not_position():
+    from matplotlib.colors import to_rgba
+
+    from puretools.plots import method_color
+
+    a = plot_distance_correlation({"PURE": 0.4, "activations": 0.2}).axes[0].patches
+    b = plot_distance_correlation({"DINOv2": 0.6, "activations": 0.2, "PURE": 0.4}).axes[0].patches
+    assert a[0].get_facecolor() == b[2].get_facecolor() == to_rgba(method_color("PURE"))
+    assert a[1].get_facecolor() == b[1].get_facecolor() == to_rgba(method_color("activations"))
+    assert len({p.get_facecolor() for p in b}) == 3
+    assert method_color("some new method") == method_color("some new method")
+
+
+def test_concept_mix_labels_are_readable():
+    from matplotlib.colors import to_rgba
+
+    from puretools.plots import plot_concept_mix
+
+    mix = torch.tensor([[0.05, 0.3, 0.9]])
+    ax = plot_concept_mix(mix, ["a", "b", "c"]).axes[0]
+    texts = {t.get_text(): t for t in ax.texts}
+    assert set(texts) == {"30", "90"}  # 5 % is below min_label
+    assert to_rgba(texts["30"].get_color()) == to_rgba("white")  # on a dark cell
+    assert to_rgba(texts["90"].get_color()) == to_rgba("black")  # on a light cell
+    assert texts["30"].get_fontsize() >= 8
