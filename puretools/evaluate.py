@@ -390,6 +390,11 @@ def polysemanticity_scores(
     group is a single point), or ``kind="difference"``: ``inter - intra`` (in the space's
     units). Higher means more polysemantic.
 
+    The score measures how *separable* the references are, not how *evenly* they are shared
+    between concepts: a neuron whose references are mostly one concept plus a clean minority
+    of another (two tight, distant groups) scores higher than one split evenly between
+    concepts that overlap in the evaluation space.
+
     Parameters
     ----------
     eval_space : Tensor [N, n_ref, D]
