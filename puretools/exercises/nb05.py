@@ -27,7 +27,7 @@ def _labels(x: Any) -> np.ndarray:
     return np.asarray(torch.as_tensor(np.asarray(x)).cpu()).astype(np.int64).reshape(-1)
 
 
-def check_intra(answer: Any, embeddings: torch.Tensor, labels: Any, exercise: str = "Exercise 1") -> bool:
+def check_intra(answer: Any, embeddings: torch.Tensor, labels: Any, exercise: str = "Exercise 2") -> bool:
     """Exercise: the intra-cluster distance of one neuron, mean over virtual neurons.
 
     For each virtual neuron with at least two references: the mean Euclidean distance over
@@ -47,7 +47,7 @@ def check_intra(answer: Any, embeddings: torch.Tensor, labels: Any, exercise: st
     --------
     >>> x = torch.tensor([[0.0], [2.0], [4.0], [10.0], [11.0]])  # (8/3 + 1) / 2
     >>> check_intra(torch.tensor(11 / 6), x, torch.tensor([0, 0, 0, 1, 1]))
-    Exercise 1: correct!
+    Exercise 2: correct!
     True
     """
     x, lab = _rows(embeddings), _labels(labels)
@@ -62,7 +62,7 @@ def check_intra(answer: Any, embeddings: torch.Tensor, labels: Any, exercise: st
                        "then the plain mean over the virtual neurons")
 
 
-def check_inter(answer: Any, embeddings: torch.Tensor, labels: Any, exercise: str = "Exercise 2") -> bool:
+def check_inter(answer: Any, embeddings: torch.Tensor, labels: Any, exercise: str = "Exercise 1") -> bool:
     """Exercise: the inter-cluster distance of one neuron (mean over pairs in different virtual neurons).
 
     Parameters
@@ -79,7 +79,7 @@ def check_inter(answer: Any, embeddings: torch.Tensor, labels: Any, exercise: st
     --------
     >>> x = torch.tensor([[0.0], [2.0], [4.0], [10.0], [11.0]])
     >>> check_inter(8.5, x, [0, 0, 0, 1, 1])
-    Exercise 2: correct!
+    Exercise 1: correct!
     True
     """
     x, lab = _rows(embeddings), _labels(labels)
