@@ -1,0 +1,200 @@
+"""The self-checks of notebooks 01, 02 and 04-07: every correct form passes, a wrong answer fails
+(False, or ExerciseError in strict mode) without printing the expected answer, and each check's
+own route to the answer agrees with the package's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from puretools.circuits import circuit_attributions
+from puretools.evaluate import cluster_distances, distance_correlation
+from puretools.exercises import ExerciseError, nb01, nb02, nb04, nb05, nb06, nb07
+from puretools.patches import crop_box
+from puretools.virtual import VirtualNeurons
+from puretools.widgets import ExplorerData, explorer_scores
+
+
+def verdicts(check, answers, capsys, monkeypatch):
+    """Run ``check(answer)`` for each answer (not strict); return the verdicts and all output."""
+    monkeypatch.delenv("PURETOOLS_EXERCISES", raising=False)
+    out = [check(a) for a in answers]
+    return out, capsys.readouterr().out
+
+
+def fails_quietly(check, wrong, secret: str, capsys, monkeypatch):
+    """A wrong answer: False with a hint, ExerciseError in strict mode, never the expected value."""
+    ok, printed = verdicts(check, [wrong], capsys, monkeypatch)
+    assert ok == [False] and "not quite" in printed and secret not in printed
+    monkeypatch.setenv("PURETOOLS_EXERCISES", "strict")
+    with pytest.raises(ExerciseError) as err:
+        check(wrong)
+    assert secret not in str(err.value)
+    monkeypatch.setenv("PURETOOLS_EXERCISES", "strict")
+    with pytest.raises(ExerciseError, match="not attempted"):
+        check(...)
+
+
+# --- notebook 01 ---------------------------------------------------------------------------
+
+def test_nb01_top_neuron_every_form_and_ties(capsys, monkeypatch):
+    labels = torch.tensor([[1, 0], [1, 0], [0, 1], [1, 1]])
+    refs = torch.tensor([[0, 2], [0, 1], [2, 2], [3, 0]])  # concept 0: shares 1/2, 1, 0, 1
+    check = lambda a: nb01.check_top_neuron(a, labels, refs, concept=0)
+    ok, _ = verdicts(check, [1, 3, torch.tensor(1), np.int64(3)], capsys, monkeypatch)
+    assert ok == [True] * 4  # neurons 1 and 3 tie
+    assert verdicts(check, [True, 1.0], capsys, monkeypatch)[0] == [False, False]  # not a neuron id
+    fails_quietly(check, 2, "neuron 1", capsys, monkeypatch)
+
+
+def test_nb01_top_references_agree_with_collect_references(capsys, monkeypatch):
+    from puretools.references import collect_references
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3)).eval()
+    images = torch.randn(30, 3, 8, 8)
+    data = torch.utils.data.TensorDataset(images, torch.zeros(30))
+    refs = collect_references(model, data, "2", n_ref=5)
+    check = lambda a: nb01.check_top_references(a, model, images, "2", neuron=1, n=5, batch_size=7)
+    top = refs.indices[1]
+    ok, _ = verdicts(check, [top, top.tolist(), top.numpy()], capsys, monkeypatch)
+    assert ok == [True] * 3
+    fails_quietly(check, top.flip(0), str(top.tolist()), capsys, monkeypatch)  # order matters
+
+
+# --- notebook 02 ---------------------------------------------------------------------------
+
+def test_nb02_circuit_by_hand_against_the_engine(capsys, monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(), nn.Conv2d(5, 4, 3, padding=1), nn.ReLU()).eval()
+    data = torch.utils.data.TensorDataset(torch.randn(6, 3, 6, 6), torch.zeros(6))
+    refs = torch.tensor([[0, 1], [2, 3], [4, 5], [1, 0]])
+    circuits = circuit_attributions(model, data, "3", "1", refs)  # [4, 2, 5]
+    # by hand: relu(a_k) on channel k at the layer, gradient x activation at the lower layer
+    low = model[:2](data.tensors[0][refs[2, 1]][None]).detach().requires_grad_(True)
+    out = model[2:](low)
+    g = torch.zeros_like(out)
+    g[:, 2] = out[:, 2].clamp(min=0)
+    (grad,) = torch.autograd.grad(out, low, g)
+    by_hand = (grad * low).sum((2, 3))[0]
+    by_hand = (by_hand / by_hand.abs().sum()).detach()
+    check = lambda a: nb02.check_circuit(a, model, data, "3", "1", refs, neuron=2, reference=1)
+    ok, _ = verdicts(check, [by_hand, circuits[2, 1], by_hand.tolist(), by_hand.detach().numpy()],
+                     capsys, monkeypatch)
+    assert ok == [True] * 4
+    assert verdicts(check, [by_hand[:-1], circuits[2, 0]], capsys, monkeypatch)[0] == [False, False]
+    fails_quietly(check, -by_hand, f"{float(by_hand[0]):.4f}", capsys, monkeypatch)
+
+
+def test_nb02_top_channel(capsys, monkeypatch):
+    circuits = torch.tensor([[0.1, 0.5, -0.9], [0.3, 0.2, -0.8], [0.9, 0.0, 0.0]])
+    concepts = torch.tensor([4, 4, 7])
+    check = lambda a: nb02.check_top_channel(a, circuits, concepts, concept=4)
+    assert verdicts(check, [1, torch.tensor(1), np.int64(1)], capsys, monkeypatch)[0] == [True] * 3
+    fails_quietly(check, 2, "channel 1", capsys, monkeypatch)  # |relevance| would pick channel 2
+
+
+# --- notebook 04 ---------------------------------------------------------------------------
+
+def test_nb04_boxes_inside(capsys, monkeypatch):
+    images, heat = torch.rand(3, 3, 12, 12), torch.rand(3, 12, 12)
+    check = lambda a: nb04.check_all_boxes_inside(a, images, heat)
+    ok, _ = verdicts(check, [True, np.bool_(True), torch.tensor(True)], capsys, monkeypatch)
+    assert ok == [True] * 3
+    assert verdicts(check, [1.0, "True"], capsys, monkeypatch)[0] == [False, False]
+    fails_quietly(check, False, "True", capsys, monkeypatch)
+
+
+def test_nb04_crop_box_by_hand(capsys, monkeypatch):
+    heat = torch.zeros(16, 16)
+    heat[1:3, 10:15] = 1.0  # near the top border: the square must shift down
+    expected = crop_box(heat, threshold=0.1)
+    check = lambda a: nb04.check_crop_box(a, heat, 0.1)
+    forms = [expected, list(expected), torch.tensor(expected), np.array(expected)]
+    assert verdicts(check, forms, capsys, monkeypatch)[0] == [True] * 4
+    top, left, size = expected
+    fails_quietly(check, (top - 1, left, size), str(expected), capsys, monkeypatch)
+
+
+def test_nb04_crop_area(capsys, monkeypatch):
+    images, heat = torch.rand(4, 3, 10, 10), torch.zeros(4, 10, 10)
+    heat[:, 2:4, 2:4] = 1.0
+    expected = {t: float(np.mean([crop_box(h, threshold=t)[2] ** 2 / 100 for h in heat])) for t in (0.1, 0.5)}
+    check = lambda a: nb04.check_crop_area(a, images, heat, (0.1, 0.5))
+    tensors = {t: torch.tensor(v) for t, v in expected.items()}
+    assert verdicts(check, [expected, tensors], capsys, monkeypatch)[0] == [True, True]
+    fails_quietly(check, {0.1: 1.0, 0.5: 1.0}, f"{expected[0.1]:.2f}", capsys, monkeypatch)
+
+
+# --- notebook 05 ---------------------------------------------------------------------------
+
+@pytest.fixture
+def neuron():
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(20, 4, generator=g), torch.randint(0, 3, (20,), generator=g), torch.randn(20, 6, generator=g)
+
+
+def test_nb05_intra_inter_agree_with_evaluate(neuron, capsys, monkeypatch):
+    x, lab, _ = neuron
+    d = cluster_distances(x, lab)
+    intra = lambda a: nb05.check_intra(a, x, lab)
+    inter = lambda a: nb05.check_inter(a, x, lab)
+    assert verdicts(intra, [d.intra, torch.tensor(d.intra), np.float32(d.intra)], capsys, monkeypatch)[0] == [True] * 3
+    assert verdicts(inter, [d.inter, torch.tensor(d.inter, dtype=torch.float64)], capsys, monkeypatch)[0] == [True] * 2
+    pooled = cluster_distances(x, lab, average="pairs").intra  # the other definition is wrong here
+    fails_quietly(intra, pooled, f"{d.intra:.3f}", capsys, monkeypatch)
+    fails_quietly(inter, d.unclustered, f"{d.inter:.3f}", capsys, monkeypatch)
+
+
+def test_nb05_distance_correlation_agrees_with_evaluate(neuron, capsys, monkeypatch):
+    x, _, y = neuron
+    r = distance_correlation(x[None], {"m": y[None]}, n_subsets=1)["m"].mean
+    check = lambda a: nb05.check_distance_correlation(a, x, y)
+    assert verdicts(check, [r, torch.tensor(r)], capsys, monkeypatch)[0] == [True, True]
+    fails_quietly(check, -r, f"{r:.3f}", capsys, monkeypatch)
+
+
+# --- notebook 06 ---------------------------------------------------------------------------
+
+@pytest.fixture
+def explorer_data():
+    g = torch.Generator().manual_seed(0)
+    concepts = torch.tensor([[1] * 6 + [2] * 6] * 3)  # [3 neurons, 12 references]
+    split = torch.cat([torch.zeros(6, 2), torch.full((6, 2), 5.0)])  # separates the concepts
+    noise = torch.randn(3, 12, 2, generator=g)
+    features = {"PURE": torch.stack([split, noise[0], split + 0.1 * noise[1]]),
+                "activations": torch.stack([noise[2], noise[1], noise[0]])}
+    return ExplorerData([4, 5, 6], [3.0, 2.0, 1.0], features, {}, {}, concepts=concepts)
+
+
+def test_nb06_best_gap_and_purity_agree_with_explorer_scores(explorer_data, capsys, monkeypatch):
+    gaps = [explorer_scores(explorer_data, p, 2, "PURE")["ari"] - explorer_scores(explorer_data, p, 2, "activations")["ari"]
+            for p in range(3)]
+    best = int(np.argmax(gaps))
+    gap = lambda a: nb06.check_best_gap(a, explorer_data)
+    assert verdicts(gap, [best, torch.tensor(best)], capsys, monkeypatch)[0] == [True, True]
+    wrong = explorer_data.neurons[best]  # the neuron id instead of its position
+    fails_quietly(gap, wrong, f"position {best}", capsys, monkeypatch)
+    purity = explorer_scores(explorer_data, 1, 2, "PURE")["purity"]
+    check = lambda a: nb06.check_purity(a, explorer_data, 1, 2, "PURE")
+    assert verdicts(check, [purity, torch.tensor(purity)], capsys, monkeypatch)[0] == [True, True]
+    fails_quietly(check, 0.1234, f"{purity:.2f}", capsys, monkeypatch)
+
+
+# --- notebook 07 ---------------------------------------------------------------------------
+
+def test_nb07_sizes_and_nearest_centroid_agree_with_assign(capsys, monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    circuits = torch.cat([torch.randn(7, 3, generator=g), torch.randn(5, 3, generator=g) + 4])
+    vn = VirtualNeurons(seed=0).fit(circuits, k=2)
+    sizes = lambda a: nb07.check_cluster_sizes(a, vn.labels[0])
+    counts = torch.bincount(vn.labels[0])
+    assert verdicts(sizes, [counts, counts.tolist()], capsys, monkeypatch)[0] == [True, True]
+    fails_quietly(sizes, counts.flip(0), str(counts.tolist()), capsys, monkeypatch)
+    new = torch.randn(9, 3, generator=g) * 3 + 2
+    assigned = vn.assign(new, neuron=0)
+    check = lambda a: nb07.check_nearest_centroid(a, new, vn.centroids[0])
+    assert verdicts(check, [assigned, assigned.tolist(), assigned.numpy()], capsys, monkeypatch)[0] == [True] * 3
+    fails_quietly(check, 1 - assigned, str(assigned.tolist()), capsys, monkeypatch)
