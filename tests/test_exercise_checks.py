@@ -116,6 +116,7 @@ def test_nb04_crop_box_by_hand(capsys, monkeypatch):
     assert verdicts(check, forms, capsys, monkeypatch)[0] == [True] * 4
     top, left, size = expected
     fails_quietly(check, (top - 1, left, size), str(expected), capsys, monkeypatch)
+    assert verdicts(check, [size, (top, left), "box"], capsys, monkeypatch)[0] == [False] * 3  # malformed
 
 
 def test_nb04_crop_area(capsys, monkeypatch):
@@ -145,6 +146,7 @@ def test_nb05_intra_inter_agree_with_evaluate(neuron, capsys, monkeypatch):
     assert verdicts(inter, [d.inter, torch.tensor(d.inter, dtype=torch.float64)], capsys, monkeypatch)[0] == [True] * 2
     pooled = cluster_distances(x, lab, average="pairs").intra  # the other definition is wrong here
     fails_quietly(intra, pooled, f"{d.intra:.3f}", capsys, monkeypatch)
+    assert verdicts(intra, ["0.5", None, [d.intra, d.intra]], capsys, monkeypatch)[0] == [False] * 3
     fails_quietly(inter, d.unclustered, f"{d.inter:.3f}", capsys, monkeypatch)
 
 
@@ -198,3 +200,4 @@ def test_nb07_sizes_and_nearest_centroid_agree_with_assign(capsys, monkeypatch):
     check = lambda a: nb07.check_nearest_centroid(a, new, vn.centroids[0])
     assert verdicts(check, [assigned, assigned.tolist(), assigned.numpy()], capsys, monkeypatch)[0] == [True] * 3
     fails_quietly(check, 1 - assigned, str(assigned.tolist()), capsys, monkeypatch)
+    assert verdicts(check, [None, 0, assigned[:-1]], capsys, monkeypatch)[0] == [False] * 3  # malformed

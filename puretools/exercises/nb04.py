@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..patches import crop_box, crop_patch
-from . import report
+from . import answers_equal, report
 
 __all__ = ["check_all_boxes_inside", "check_crop_area", "check_crop_box"]
 
@@ -73,7 +73,7 @@ def check_crop_box(answer: Any, heatmap: torch.Tensor, threshold: float, exercis
     True
     """
     expected = list(crop_box(heatmap, threshold=threshold))
-    return report(exercise, answer if answer is ... else [_plain_int(v) for v in answer], expected,
+    return report(exercise, answer, correct=lambda a: answers_equal([_plain_int(v) for v in a], expected),
                   hint="the box of the *blurred* map pt.relevance_map(h): rows and columns holding a pixel "
                        "above the threshold, widened to a square (odd surplus to the bottom/right), then "
                        "shifted inside the image")
