@@ -13,7 +13,7 @@ from torch import nn
 
 from .errors import PuretoolsError
 
-__all__ = ["check_activations", "check_called_once", "check_images", "model_dtype", "resolve_device"]
+__all__ = ["MAX_PIXEL", "check_activations", "check_called_once", "check_images", "model_dtype", "resolve_device"]
 
 _KNOWN_TYPES = ("cpu", "cuda", "mps", "xpu", "meta")
 
@@ -128,6 +128,25 @@ def _nonfinite_rows(x: torch.Tensor) -> torch.Tensor | None:
     return bad if len(bad) else None
 
 
+#: Pixels beyond this magnitude are refused: their squares overflow float32 (any norm, variance
+#: or dot product of them is Inf), so no image holds them; 3e38 is finite, but not a pixel.
+MAX_PIXEL = float(torch.finfo(torch.float32).max) ** 0.5
+
+
+def _bad_image_rows(images: torch.Tensor) -> torch.Tensor | None:
+    """Images holding NaN, Inf or values beyond :data:`MAX_PIXEL`, or None when there are none.
+
+    One fused reduction first: the norm bounds every value, and it stays far below
+    :data:`MAX_PIXEL` for any real batch of images; only when it does not, the exact check runs.
+    """
+    norm = torch.linalg.vector_norm(images, dtype=torch.float64 if images.dtype == torch.float64 else torch.float32)
+    if torch.isfinite(norm) and norm <= MAX_PIXEL:
+        return None
+    flat = images.reshape(len(images), -1)
+    bad = (~(torch.isfinite(flat) & (flat.abs() <= MAX_PIXEL))).any(1).nonzero().flatten()
+    return bad if len(bad) else None
+
+
 def check_images(
     images: torch.Tensor, model: nn.Module, indices: int | Sequence[int] | torch.Tensor = 0
 ) -> torch.Tensor:
@@ -151,7 +170,8 @@ def check_images(
     ------
     PuretoolsError
         Wrong shape, channel count (grayscale/RGBA), an integer dtype (uint8 images are not
-        scaled or normalised, so they are refused rather than guessed at), or NaN/Inf values.
+        scaled or normalised, so they are refused rather than guessed at), NaN/Inf values, or
+        values beyond :data:`MAX_PIXEL` (about 1.8e19, whose squares overflow float32).
 
     Examples
     --------
@@ -162,7 +182,7 @@ def check_images(
     >>> check_images(bad, model, indices=[7, 42])
     Traceback (most recent call last):
     ...
-    puretools.errors.PuretoolsError: Images contain NaN or Inf values at data-set indices [42]. Check those files and the data set's transform.
+    puretools.errors.PuretoolsError: Images contain NaN, Inf or values beyond 1.8e+19 at data-set indices [42]. Check those files and the data set's transform.
     """
     if images.ndim != 4:
         raise PuretoolsError(
@@ -190,12 +210,12 @@ def check_images(
             "(uint8 tensors; both scale to [0, 1]) followed by the model's Normalize(mean, std) "
             "to the data set's transform."
         )
-    bad = _nonfinite_rows(images)
+    bad = _bad_image_rows(images)
     if bad is not None:
         index = _index_list(indices, len(images))
         raise PuretoolsError(
-            f"Images contain NaN or Inf values at data-set indices {[index[int(i)] for i in bad[:5]]}. "
-            "Check those files and the data set's transform."
+            f"Images contain NaN, Inf or values beyond {MAX_PIXEL:.2g} at data-set indices "
+            f"{[index[int(i)] for i in bad[:5]]}. Check those files and the data set's transform."
         )
     dtype = model_dtype(model)
     if dtype is not None and images.dtype != dtype:

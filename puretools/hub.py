@@ -52,10 +52,11 @@ def _endpoint(url: str) -> tuple[str, int]:
     return host, port
 
 
-def network_available(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
+def network_available(url: str, timeout: float | None = None) -> bool:
     """True when a TCP connection towards ``url`` (its host, or the proxy in use) opens in time.
 
-    Checked once per host and process. The name look-up runs in a background thread, so a
+    Checked once per host and process, within ``timeout`` seconds (default
+    :data:`PROBE_TIMEOUT`). The name look-up runs in a background thread, so a
     resolver that hangs also costs at most ``timeout`` seconds.
 
     Examples
@@ -63,6 +64,7 @@ def network_available(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
     >>> network_available("https://localhost:1/", timeout=0.5)  # nothing listens on port 1
     False
     """
+    timeout = PROBE_TIMEOUT if timeout is None else timeout
     key = _endpoint(url)
     if key in _reachable:
         return _reachable[key]

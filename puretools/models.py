@@ -15,6 +15,7 @@ from zennit.composites import EpsilonPlusFlat
 from zennit.layer import Sum
 from zennit.torchvision import ResNetCanonizer
 
+from .checks import resolve_device
 from .errors import PuretoolsError, WeightsNotFoundError
 from .hub import hf_cache_dir, hf_cached_files, hf_endpoint, load_pretrained, torch_hub_file
 
@@ -71,6 +72,7 @@ def load_model(
     >>> model.training, "layer4" in layer_names(model)
     (False, True)
     """
+    device = resolve_device(device)
     if name == "toy":
         from . import toyworld
 

@@ -238,4 +238,5 @@ def activation_features(
             out = layer_output(model, layer, images.to(device)).float()
             check_activations(out, layer, batch)
             feats.append((out.flatten(2).mean(-1) if out.ndim > 2 else out).cpu())
+            check_activations(feats[-1], layer, batch)  # the spatial mean of huge values can overflow
     return torch.cat(feats)[inverse]
