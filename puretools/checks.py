@@ -182,7 +182,7 @@ def check_images(
     >>> check_images(bad, model, indices=[7, 42])
     Traceback (most recent call last):
     ...
-    puretools.errors.PuretoolsError: Images contain NaN, Inf or values beyond 1.8e+19 at data-set indices [42]. Check those files and the data set's transform.
+    puretools.errors.PuretoolsError: Images contain NaN or Inf values, or values beyond 1.8e+19, at data-set indices [42]. Check those files and the data set's transform.
     """
     if images.ndim != 4:
         raise PuretoolsError(
@@ -214,7 +214,7 @@ def check_images(
     if bad is not None:
         index = _index_list(indices, len(images))
         raise PuretoolsError(
-            f"Images contain NaN, Inf or values beyond {MAX_PIXEL:.2g} at data-set indices "
+            f"Images contain NaN or Inf values, or values beyond {MAX_PIXEL:.2g}, at data-set indices "
             f"{[index[int(i)] for i in bad[:5]]}. Check those files and the data set's transform."
         )
     dtype = model_dtype(model)
@@ -258,8 +258,11 @@ def check_activations(
 
 
 def check_called_once(model: nn.Module, layer: str, images: torch.Tensor) -> None:
-    """Run ``model`` on ``images`` (one image is enough) and raise unless module ``layer`` is
-    called exactly once: the output of a module that ``forward()`` reuses is not one layer.
+    """Run ``model`` on ``images`` (one image is enough) and raise if module ``layer`` is called
+    more than once: the output of a module that ``forward()`` reuses is not one layer.
+
+    When the full forward pass fails (a classifier that needs another image size), there is
+    no verdict and no error: the forward pass that stops at ``layer`` reports its own.
 
     Examples
     --------
@@ -269,25 +272,34 @@ def check_called_once(model: nn.Module, layer: str, images: torch.Tensor) -> Non
     >>> check_called_once(model, "1", torch.zeros(1, 3, 4, 4))
     Traceback (most recent call last):
     ...
-    puretools.errors.PuretoolsError: Layer '1' is called 2 times in forward(); it must be called exactly once (a module reused in several places, e.g. one ReLU shared by all blocks, has no single output). Pick another layer, or give each use its own module.
+    puretools.errors.PuretoolsError: Layer '1' is called more than once in forward(); it must be called exactly once (a module reused in several places, e.g. one ReLU shared by all blocks, has no single output). Pick another layer, or give each use its own module.
     """
     module = dict(model.named_modules()).get(layer)
     if module is None:
         return  # get_module gives the clear error for unknown names
     calls = [0]
 
+    class _Again(Exception):
+        pass
+
     def hook(_module, _inputs, _output):
         calls[0] += 1
+        if calls[0] > 1:
+            raise _Again  # no need to run the rest of the model
 
     handle = module.register_forward_hook(hook)
     try:
         with torch.no_grad():
             model(images)
+    except _Again:
+        pass
+    except Exception:  # e.g. a classifier that needs another image size: no verdict, and
+        return  # the forward pass that stops at ``layer`` gives its own clear errors
     finally:
         handle.remove()
-    if calls[0] != 1:
+    if calls[0] > 1:
         raise PuretoolsError(
-            f"Layer {layer!r} is called {calls[0]} times in forward(); it must be called exactly once "
+            f"Layer {layer!r} is called more than once in forward(); it must be called exactly once "
             "(a module reused in several places, e.g. one ReLU shared by all blocks, has no single "
             "output). Pick another layer, or give each use its own module."
         )

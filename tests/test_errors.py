@@ -61,7 +61,7 @@ def test_bad_pixels_in_reference_heatmaps_name_the_dataset_index(vgg, small_imag
 def test_huge_finite_pixels_in_collect_references_are_caught(vgg, small_images):
     data = with_image(small_images, BAD, 3e38)  # finite: the one-sum check used to let it through
     assert torch.isfinite(data.tensors[0]).all()
-    with pytest.raises(pt.PuretoolsError, match=rf"values beyond 1.8e\+19 at data-set indices \[{BAD}\]"):
+    with pytest.raises(pt.PuretoolsError, match=rf"values beyond 1.8e\+19, at data-set indices \[{BAD}\]"):
         pt.collect_references(vgg, data, "features.9", n_ref=4, batch_size=16, progress=False)
 
 
@@ -236,9 +236,9 @@ class SharedReLU(nn.Module):
 
 def test_layer_called_twice_is_refused_by_collect_references(small_images):
     model = SharedReLU().eval()
-    with pytest.raises(pt.PuretoolsError, match=r"'act' is called 2 times"):
+    with pytest.raises(pt.PuretoolsError, match=r"'act' is called more than once"):
         pt.collect_references(model, small_images, "act", n_ref=3, progress=False)
-    with pytest.raises(pt.PuretoolsError, match=r"'act' is called 2 times"):
+    with pytest.raises(pt.PuretoolsError, match=r"'act' is called more than once"):
         activation_features(model, small_images, "act", refs_through(5, 4))
     refs = pt.collect_references(model, small_images, "conv2", n_ref=3, progress=False)  # once: fine
     assert refs.indices.shape == (4, 3)
