@@ -171,14 +171,16 @@ def timm_pretrained(name: str, create: Callable[[], nn.Module], what: str, fetch
             cached=lambda: hf_cached_files(repo, files),
         )
     url = getattr(cfg, "url", None) or ""
-    target = torch_hub_file(url) if url else None
-    fetch = (
-        f"download {url} and put it at {target} (the torch hub cache; set TORCH_HOME to move it); "
-        if url else ""
-    ) + fetch_tail
+    if not url:  # weights from a local file (the config's ``file``) or none at all
+        try:
+            return create()
+        except Exception as err:
+            raise WeightsNotFoundError(f"Could not load the weights of {what} ({type(err).__name__}: {err}); {fetch_tail}") from err
+    target = torch_hub_file(url)
+    fetch = f"download {url} and put it at {target} (the torch hub cache; set TORCH_HOME to move it); {fetch_tail}"
     return load_pretrained(
-        create, what=what, url=url or "https://localhost:1/", fetch=fetch, hugging_face=False,
-        cached=lambda: [target] if target is not None and target.is_file() else [],
+        create, what=what, url=url, fetch=fetch, hugging_face=False,
+        cached=lambda: [target] if target.is_file() else [],
     )
 
 
