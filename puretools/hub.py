@@ -26,6 +26,7 @@ __all__ = [
     "PROBE_TIMEOUT",
     "hf_cache_dir",
     "hf_cached_files",
+    "hf_endpoint",
     "hf_offline",
     "load_pretrained",
     "network_available",
@@ -97,7 +98,15 @@ def _hf_offline_requested() -> bool:
 
 @contextlib.contextmanager
 def hf_offline() -> Iterator[None]:
-    """Inside the block, Hugging Face downloads read the local cache only (no network call)."""
+    """Inside the block, Hugging Face downloads read the local cache only (no network call).
+
+    Examples
+    --------
+    >>> import huggingface_hub.constants as constants
+    >>> with hf_offline():
+    ...     constants.HF_HUB_OFFLINE
+    True
+    """
     import huggingface_hub.constants as constants
 
     old = constants.HF_HUB_OFFLINE
@@ -109,14 +118,26 @@ def hf_offline() -> Iterator[None]:
 
 
 def hf_cache_dir() -> str:
-    """The Hugging Face hub cache that downloads go to (``$HF_HUB_CACHE`` or ``$HF_HOME/hub``)."""
+    """The Hugging Face hub cache that downloads go to (``$HF_HUB_CACHE`` or ``$HF_HOME/hub``).
+
+    Examples
+    --------
+    >>> Path(hf_cache_dir()).name  # doctest: +SKIP
+    'hub'
+    """
     import huggingface_hub.constants as constants
 
     return str(constants.HF_HUB_CACHE)
 
 
 def hf_endpoint() -> str:
-    """The Hugging Face endpoint downloads come from (``$HF_ENDPOINT`` moves it)."""
+    """The Hugging Face endpoint downloads come from (``$HF_ENDPOINT`` moves it).
+
+    Examples
+    --------
+    >>> hf_endpoint().startswith("http")
+    True
+    """
     import huggingface_hub.constants as constants
 
     return str(constants.ENDPOINT)

@@ -25,10 +25,12 @@ __all__ = [
     "TimmResNetCanonizer",
     "canonizer_report",
     "canonizers_for",
+    "check_timm_name",
     "get_module",
     "layer_names",
     "load_model",
     "lrp_composite",
+    "timm_pretrained",
 ]
 
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -128,7 +130,16 @@ def _load_torchvision(name: str, weights) -> nn.Module:
 
 
 def check_timm_name(name: str) -> None:
-    """A clear error for a name timm does not know, or a pretrained tag it has no weights for."""
+    """A clear error for a name timm does not know, or a pretrained tag it has no weights for.
+
+    Examples
+    --------
+    >>> check_timm_name("resnet50.a1_in1k")
+    >>> check_timm_name("resnet50.a9_in1k")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    puretools.errors.PuretoolsError: timm has no pretrained weights 'a9_in1k' for 'resnet50'; its tags are [...
+    """
     import timm
 
     arch, _, tag = name.partition(".")
@@ -153,6 +164,14 @@ def timm_pretrained(name: str, create: Callable[[], nn.Module], what: str, fetch
     """``create()`` (a timm model with ``pretrained=True``), through :func:`puretools.hub.load_pretrained`.
 
     The weights come from the Hugging Face hub (most timm models) or a URL (torch hub cache).
+
+    Examples
+    --------
+    Not run as a doctest (it loads or downloads weights)::
+
+        import timm
+        model = timm_pretrained("resnet18.a1_in1k", lambda: timm.create_model("resnet18.a1_in1k", pretrained=True),
+                                what="timm model 'resnet18.a1_in1k'", fetch_tail="or use weights=None.")
     """
     from timm.models import get_pretrained_cfg
 
