@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from zennit.core import Composite
 
 from . import cache
-from .checks import check_activations, check_images, resolve_device
+from .checks import check_activations, check_called_once, check_images, resolve_device
 from .data import denormalize as imagenet_denormalize
 from .errors import PuretoolsError
 from .models import get_module, lrp_composite
@@ -183,6 +183,9 @@ def reference_heatmaps(
     pair_channels = neurons_t.repeat_interleave(n_ref)
     composite = lrp_composite(model) if composite is None else composite
     out: torch.Tensor | None = None
+    if len(pair_images):
+        first = pair_images[:1]
+        check_called_once(model, layer, check_images(collate_images([dataset[int(first)]]), model, first).to(device))
     bar = tqdm(total=len(pair_images), desc=f"heatmaps @ {layer}", disable=not progress, unit="pair")
     with composite.context(model):
         for start in range(0, len(pair_images), batch_size):

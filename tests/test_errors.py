@@ -234,12 +234,14 @@ class SharedReLU(nn.Module):
         return self.act(self.conv2(self.act(self.conv1(x))))
 
 
-def test_layer_called_twice_is_refused_by_collect_references(small_images):
+def test_layer_called_twice_is_refused(small_images):
     model = SharedReLU().eval()
     with pytest.raises(pt.PuretoolsError, match=r"'act' is called more than once"):
         pt.collect_references(model, small_images, "act", n_ref=3, progress=False)
     with pytest.raises(pt.PuretoolsError, match=r"'act' is called more than once"):
         activation_features(model, small_images, "act", refs_through(5, 4))
+    with pytest.raises(pt.PuretoolsError, match=r"'act' is called more than once"):
+        pt.reference_heatmaps(model, small_images, "act", refs_through(5, 4), neurons=[1])
     refs = pt.collect_references(model, small_images, "conv2", n_ref=3, progress=False)  # once: fine
     assert refs.indices.shape == (4, 3)
 
