@@ -30,9 +30,10 @@ def _setup(args):
     import torch
 
     from . import load_model
+    from .checks import resolve_device
     from .data import load_dataset
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), name="--device")
     torch.manual_seed(args.seed)  # random weights (--weights none) are the same on every run
     weights = None if args.weights.lower() == "none" else args.weights
     model = load_model(args.model, weights=weights, device=device)

@@ -13,16 +13,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from . import cache
+from .checks import check_activations, check_images, resolve_device
 from .errors import PuretoolsError
 from .models import get_module, lrp_composite
-from .references import (
-    References,
-    check_images,
-    collate_images,
-    forward_to,
-    prepare_model,
-    resolve_device,
-)
+from .references import References, collate_images, forward_to, prepare_model
 
 __all__ = ["circuit_attributions", "memory_plan", "normalize_circuits", "subnetwork"]
 
@@ -117,7 +111,9 @@ def subnetwork(model: nn.Module, lower_layer: str, layer: str) -> fx.GraphModule
             f"layer below layer (e.g. layer='layer4', lower_layer='layer3')."
         )
     sub = fx.Graph()
-    env = {low: sub.placeholder("lower")}
+    # A copy of the input, so that an in-place op right after ``lower_layer`` (torchvision's
+    # ReLU(inplace=True)) modifies the copy, not the leaf tensor autograd differentiates by.
+    env = {low: sub.call_function(torch.clone, (sub.placeholder("lower"),))}
     for node in graph.nodes:
         if node in needed:
             env[node] = sub.node_copy(node, lambda n: env[n])
@@ -292,7 +288,7 @@ def memory_plan(
         raise PuretoolsError(f"max_memory is in GiB and must be positive, not {max_memory!r}.")
     device = resolve_device(device, model)
     sub = subnetwork(model, lower_layer, layer)
-    x = example[None].to(device)
+    x = check_images(example[None], model).to(device)
     largest = [0]
 
     def track(_module, _inputs, output):
@@ -492,14 +488,14 @@ def circuit_attributions(
     with composite.context(model) if composite else contextlib.nullcontext():
         for chunk_number, start in enumerate(range(first_chunk, len(unique_images), image_chunk), 1):
             chunk = unique_images[start : start + image_chunk]
-            images = _load_images(dataset, chunk, num_workers)
-            check_images(images, model)
+            images = check_images(_load_images(dataset, chunk, num_workers), model, chunk)
             step = _CPU_FORWARD_BATCH if device.type == "cpu" else len(images)
             with torch.inference_mode(), _precision_context(precision, device):
                 lower = torch.cat([
                     forward_to(model, lower_layer, images[i : i + step].to(device, non_blocking=True))
                     for i in range(0, len(images), step)
                 ])
+            check_activations(lower, lower_layer, chunk)
             if out is None:
                 out = torch.zeros(len(flat_images), lower.shape[1])
             first = int(pair_end[start - 1]) if start else 0
@@ -511,6 +507,13 @@ def circuit_attributions(
                 cache.save_cached(cache_dir, "circuits-partial", key, {"out": out, "next": torch.tensor(end)})
     bar.close()
     assert out is not None
+    bad = (~torch.isfinite(out)).any(1)
+    if bad.any():
+        raise PuretoolsError(
+            f"The circuits of the reference images at data-set indices {flat_images[bad].unique()[:5].tolist()} "
+            f"contain NaN or Inf: the relevance overflowed between {lower_layer!r} and {layer!r} "
+            "(pixel values far too large? are the images normalised?). Check those images."
+        )
     circuits = normalize_circuits(out).reshape(len(neurons_t), n_ref, -1)
     dead = [int(n) for n, c in zip(neurons_t, circuits) if not c.abs().sum()]
     if dead:

@@ -10,7 +10,15 @@ from torch.utils.data import Dataset
 
 from .errors import PuretoolsError
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "denormalize", "image_folder", "load_dataset", "make_image_folder"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "denormalize",
+    "image_folder",
+    "load_dataset",
+    "make_image_folder",
+    "read_image_file",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -56,10 +64,45 @@ def image_folder(root: str | os.PathLike, size: int = 224, resize: int | None = 
         ]
     )
     try:
-        return datasets.ImageFolder(str(root), transform=transform)
+        return datasets.ImageFolder(str(root), transform=transform, loader=read_image_file)
     except (FileNotFoundError, RuntimeError) as err:
         raise PuretoolsError(
             f"No images found under {str(root)!r} ({err}). Expected the layout root/<class>/<image>.jpg."
+        ) from err
+
+
+def read_image_file(path: str | os.PathLike):
+    """Open an image file as an RGB PIL image, decoding it fully; a clear error names a bad file.
+
+    Raises
+    ------
+    PuretoolsError
+        The file is truncated, corrupt or not an image; the message names it.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> root = make_image_folder(tempfile.mkdtemp(), n=1, size=16)
+    >>> path = next(root.glob("*/*.jpg"))
+    >>> read_image_file(path).size
+    (16, 16)
+    >>> _ = path.write_bytes(path.read_bytes()[:200])  # cut the file short
+    >>> read_image_file(path)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    puretools.errors.PuretoolsError: Could not read the image file '...img_000000.jpg' (OSError: ...). It is truncated or corrupt (an interrupted download or copy?): copy or download it again, or remove it from the folder.
+    """
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            return image.convert("RGB")  # decodes the whole file while it is open
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+        raise PuretoolsError(
+            f"Could not read the image file {str(path)!r} ({type(err).__name__}: {err}). It is truncated "
+            "or corrupt (an interrupted download or copy?): copy or download it again, or remove it "
+            "from the folder."
         ) from err
 
 

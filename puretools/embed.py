@@ -12,9 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from .checks import resolve_device
 from .data import denormalize as imagenet_denormalize
 from .errors import PuretoolsError, WeightsNotFoundError
-from .references import collate_images, resolve_device
+from .hub import hf_cache_dir, hf_cached_files, hf_endpoint, load_pretrained
+from .models import check_timm_name, timm_pretrained
+from .references import collate_images
 
 __all__ = [
     "ClipEmbedder",
@@ -23,11 +26,6 @@ __all__ = [
     "Embedder",
     "embed_dataset",
 ]
-
-
-def _hf_cache() -> str:
-    home = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
-    return os.environ.get("HF_HUB_CACHE", str(Path(home) / "hub"))
 
 
 def _is_weights_path(value: object) -> bool:
@@ -205,8 +203,8 @@ class ClipEmbedder(Embedder):
             from open_clip.pretrained import get_pretrained_cfg
 
             quick_gelu = bool((get_pretrained_cfg(model, str(pretrained)) or {}).get("quick_gelu", False))
-        try:
-            clip = open_clip.create_model(
+        def create() -> nn.Module:
+            return open_clip.create_model(
                 model,
                 pretrained=None if pretrained is None else str(pretrained),
                 device=self.device,
@@ -214,8 +212,17 @@ class ClipEmbedder(Embedder):
                 force_quick_gelu=quick_gelu,
                 require_pretrained=pretrained is not None,
             )
-        except Exception as err:
-            raise WeightsNotFoundError(_clip_missing_message(model, str(pretrained), err)) from err
+
+        if pretrained is None or _is_weights_path(pretrained):
+            try:
+                clip = create()
+            except Exception as err:
+                raise WeightsNotFoundError(
+                    f"Could not load the CLIP weights file {str(pretrained)!r} into {model!r} "
+                    f"({type(err).__name__}: {err}): is it a complete open_clip {model} checkpoint?"
+                ) from err
+        else:
+            clip = _load_clip_pretrained(create, model, str(pretrained), cache_dir)
         self.visual: nn.Module = clip.visual.eval()
         del clip  # the text tower is not needed
         cfg = getattr(self.visual, "preprocess_cfg", {}) or {}
@@ -252,25 +259,36 @@ class ClipEmbedder(Embedder):
         return tokens.mean(1)
 
 
-def _clip_missing_message(model: str, pretrained: str, err: Exception) -> str:
+def _load_clip_pretrained(
+    create: Callable[[], nn.Module], model: str, pretrained: str, cache_dir: str | os.PathLike | None
+) -> nn.Module:
+    """``create()`` through :func:`puretools.hub.load_pretrained`: cache first, then one network check."""
     from open_clip.pretrained import get_pretrained_cfg
 
     cfg = get_pretrained_cfg(model, pretrained) or {}
     hub = (cfg.get("hf_hub") or "").strip("/")
+    tail = "or pass pretrained='path/to/weights-file', or pretrained=None for random weights."
+    what = f"CLIP {model!r} / {pretrained!r}"
     if hub:
-        where = (
-            f"Fetch 'open_clip_pytorch_model.bin' (or 'open_clip_model.safetensors') from the "
-            f"Hugging Face repository '{hub}' into the Hugging Face cache ({_hf_cache()}; set "
-            f"HF_HOME to move it), e.g. `huggingface-cli download {hub} open_clip_pytorch_model.bin` "
-            "on a machine with network"
+        repo, filename = (hub, "") if hub.count("/") < 2 else hub.rsplit("/", 1)
+        filename = filename or "open_clip_pytorch_model.bin"
+        where = str(cache_dir) if cache_dir is not None else f"{hf_cache_dir()}; set HF_HOME to move it"
+        fetch = (
+            f"fetch '{filename}' (or 'open_clip_model.safetensors') from the Hugging Face repository "
+            f"'{repo}' into the Hugging Face cache ({where}), e.g. `huggingface-cli download {repo} "
+            f"{filename}` on a machine with network; {tail}"
         )
-    elif cfg.get("url"):
-        where = f"Download {cfg['url']}"
-    else:
-        where = "Download the weights file"
-    return (
-        f"Could not load the CLIP weights {model!r} / {pretrained!r} ({type(err).__name__}: {err}). "
-        f"{where}; or pass pretrained='path/to/weights-file', or pretrained=None for random weights."
+        files = [filename, "open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        return load_pretrained(
+            create, what=what, url=hf_endpoint(), fetch=fetch, hugging_face=True,
+            cached=lambda: hf_cached_files(repo, files, cache_dir),
+        )
+    url = cfg.get("url") or ""
+    target = Path(cache_dir or Path.home() / ".cache" / "clip") / Path(url).name if url else None
+    fetch = (f"download {url} and put it at {target}; " if url else "") + tail
+    return load_pretrained(
+        create, what=what, url=url or hf_endpoint(), fetch=fetch, hugging_face=False,
+        cached=lambda: [target] if target is not None and target.is_file() else [],
     )
 
 
@@ -328,14 +346,22 @@ class DinoEmbedder(Embedder):
             use_pretrained = True
         else:
             use_pretrained = bool(pretrained)
-        try:
-            model = timm.create_model(name, pretrained=use_pretrained, **kwargs)
-        except RuntimeError as err:
-            if "not found" in str(err).lower() or "unknown model" in str(err).lower():
-                raise PuretoolsError(f"timm does not know the model {name!r} ({err}).") from err
-            raise WeightsNotFoundError(_timm_missing_message(name, err)) from err
-        except Exception as err:  # no network, missing cache entry, partial file...
-            raise WeightsNotFoundError(_timm_missing_message(name, err)) from err
+        check_timm_name(name)
+        if use_pretrained and not isinstance(pretrained, (str, os.PathLike)):
+            model = timm_pretrained(
+                name,
+                lambda: timm.create_model(name, pretrained=True, **kwargs),
+                what=f"DINOv2 (timm model {name!r})",
+                fetch_tail="or pass pretrained='path/to/model.safetensors', or pretrained=False for random weights.",
+            )
+        else:
+            try:
+                model = timm.create_model(name, pretrained=use_pretrained, **kwargs)
+            except Exception as err:  # a local file that is not this model's checkpoint
+                raise WeightsNotFoundError(
+                    f"Could not load the weights file {str(pretrained)!r} into timm model {name!r} "
+                    f"({type(err).__name__}: {err})."
+                ) from err
         self.model: nn.Module = model.eval().to(self.device)
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
@@ -352,17 +378,6 @@ class DinoEmbedder(Embedder):
         if self.pooling == "tokens":
             return self.model.forward_features(pixels).mean(1)
         return self.model(pixels)
-
-
-def _timm_missing_message(name: str, err: Exception) -> str:
-    repo = f"timm/{name}"
-    return (
-        f"Could not load the pretrained weights of timm model {name!r} ({type(err).__name__}: {err}). "
-        f"Fetch 'model.safetensors' from the Hugging Face repository '{repo}' into the Hugging Face "
-        f"cache ({_hf_cache()}; set HF_HOME to move it), e.g. `huggingface-cli download {repo}` on a "
-        "machine with network; or pass pretrained='path/to/model.safetensors', or pretrained=False "
-        "for random weights."
-    )
 
 
 class ConceptEmbedder(Embedder):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from zennit.composites import EpsilonPlusFlat
 from zennit.layer import Sum
 from zennit.torchvision import ResNetCanonizer
 
+from .checks import resolve_device
 from .errors import PuretoolsError, WeightsNotFoundError
+from .hub import hf_cache_dir, hf_cached_files, hf_endpoint, load_pretrained, torch_hub_file
 
 __all__ = [
     "TORCHVISION_RESNETS",
@@ -22,10 +25,12 @@ __all__ = [
     "TimmResNetCanonizer",
     "canonizer_report",
     "canonizers_for",
+    "check_timm_name",
     "get_module",
     "layer_names",
     "load_model",
     "lrp_composite",
+    "timm_pretrained",
 ]
 
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -69,6 +74,7 @@ def load_model(
     >>> model.training, "layer4" in layer_names(model)
     (False, True)
     """
+    device = resolve_device(device)
     if name == "toy":
         from . import toyworld
 
@@ -111,39 +117,108 @@ def _load_torchvision(name: str, weights) -> nn.Module:
         model.load_state_dict(_load_state_dict_file(weights))
         return model
     enum = torchvision.models.get_model_weights(name).DEFAULT
-    filename = Path(enum.url).name
-    target = Path(torch.hub.get_dir()) / "checkpoints" / filename
-    try:
-        return builder(weights=enum)
-    except Exception as err:  # no network, proxy, partial file...
-        raise WeightsNotFoundError(
-            f"Could not load the ImageNet weights of {name} ({type(err).__name__}: {err}). "
-            f"Download {enum.url} and put it at {target} (the torch hub cache; set TORCH_HOME "
-            f"to move it), or pass weights='path/to/{filename}', or weights=None for a "
-            "randomly initialised model."
-        ) from err
+    target = torch_hub_file(enum.url)
+    fetch = (
+        f"download {enum.url} and put it at {target} (the torch hub cache; set TORCH_HOME to "
+        f"move it), or pass weights='path/to/{target.name}', or weights=None for a randomly "
+        "initialised model."
+    )
+    return load_pretrained(
+        lambda: builder(weights=enum), what=f"torchvision {name}", url=enum.url, fetch=fetch,
+        cached=lambda: [target] if target.is_file() else [], hugging_face=False,
+    )
+
+
+def check_timm_name(name: str) -> None:
+    """A clear error for a name timm does not know, or a pretrained tag it has no weights for.
+
+    Examples
+    --------
+    >>> check_timm_name("resnet50.a1_in1k")
+    >>> check_timm_name("resnet50.a9_in1k")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    puretools.errors.PuretoolsError: timm has no pretrained weights 'a9_in1k' for 'resnet50'; its tags are [...
+    """
+    import timm
+
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5)
+        hint = f" Close names: {close}." if close else ""
+        raise PuretoolsError(
+            f"timm has no model called {arch!r}.{hint} timm.list_models() lists all names, "
+            "timm.list_models('resnet*', pretrained=True) those with pretrained weights; "
+            "load_model takes them as 'timm/<name>', e.g. 'timm/resnet50.a1_in1k' (the paper's)."
+        )
+    if tag:
+        tags = [m.partition(".")[2] for m in timm.list_pretrained(arch + ".*")]
+        if tag not in tags:
+            raise PuretoolsError(
+                f"timm has no pretrained weights {tag!r} for {arch!r}; its "
+                f"tags are {tags} (timm.list_pretrained('{arch}.*'))."
+            )
+
+
+def timm_pretrained(name: str, create: Callable[[], nn.Module], what: str, fetch_tail: str) -> nn.Module:
+    """``create()`` (a timm model with ``pretrained=True``), through :func:`puretools.hub.load_pretrained`.
+
+    The weights come from the Hugging Face hub (most timm models) or a URL (torch hub cache).
+
+    Examples
+    --------
+    Not run as a doctest (it loads or downloads weights)::
+
+        import timm
+        model = timm_pretrained("resnet18.a1_in1k", lambda: timm.create_model("resnet18.a1_in1k", pretrained=True),
+                                what="timm model 'resnet18.a1_in1k'", fetch_tail="or use weights=None.")
+    """
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    repo = getattr(cfg, "hf_hub_id", None)
+    if repo:
+        files = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else []
+        files += ["model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        fetch = (
+            f"fetch 'model.safetensors' from the Hugging Face repository '{repo}' into the Hugging Face "
+            f"cache ({hf_cache_dir()}; set HF_HOME to move it), e.g. `huggingface-cli download {repo} "
+            f"model.safetensors` on a machine with network; {fetch_tail}"
+        )
+        return load_pretrained(
+            create, what=what, url=hf_endpoint(), fetch=fetch, hugging_face=True,
+            cached=lambda: hf_cached_files(repo, files),
+        )
+    url = getattr(cfg, "url", None) or ""
+    if not url:  # weights from a local file (the config's ``file``) or none at all
+        try:
+            return create()
+        except Exception as err:
+            raise WeightsNotFoundError(f"Could not load the weights of {what} ({type(err).__name__}: {err}); {fetch_tail}") from err
+    target = torch_hub_file(url)
+    fetch = f"download {url} and put it at {target} (the torch hub cache; set TORCH_HOME to move it); {fetch_tail}"
+    return load_pretrained(
+        create, what=what, url=url, fetch=fetch, hugging_face=False,
+        cached=lambda: [target] if target.is_file() else [],
+    )
 
 
 def _load_timm(name: str, weights) -> nn.Module:
     import timm
 
+    check_timm_name(name)
     if weights is None:
         return timm.create_model(name, pretrained=False)
     if weights != "default":
         model = timm.create_model(name, pretrained=False)
         model.load_state_dict(_load_state_dict_file(weights))
         return model
-    try:
-        return timm.create_model(name, pretrained=True)
-    except Exception as err:
-        hf_home = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
-        raise WeightsNotFoundError(
-            f"Could not load the pretrained weights of timm model {name!r} "
-            f"({type(err).__name__}: {err}). Fetch 'model.safetensors' from the Hugging Face "
-            f"repository 'timm/{name}' into the Hugging Face cache ({hf_home}/hub; "
-            f"e.g. `huggingface-cli download timm/{name}` on a machine with network), or pass "
-            "weights='path/to/model.safetensors', or weights=None for random initialisation."
-        ) from err
+    return timm_pretrained(
+        name,
+        lambda: timm.create_model(name, pretrained=True),
+        what=f"timm model {name!r}",
+        fetch_tail="or pass weights='path/to/model.safetensors', or weights=None for random initialisation.",
+    )
 
 
 def layer_names(model: nn.Module) -> list[str]:

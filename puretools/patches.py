@@ -14,17 +14,11 @@ from tqdm.auto import tqdm
 from zennit.core import Composite
 
 from . import cache
+from .checks import check_activations, check_called_once, check_images, resolve_device
 from .data import denormalize as imagenet_denormalize
 from .errors import PuretoolsError
 from .models import get_module, lrp_composite
-from .references import (
-    References,
-    check_images,
-    collate_images,
-    forward_to,
-    prepare_model,
-    resolve_device,
-)
+from .references import References, collate_images, forward_to, prepare_model
 
 __all__ = [
     "CROP_THRESHOLD",
@@ -189,14 +183,16 @@ def reference_heatmaps(
     pair_channels = neurons_t.repeat_interleave(n_ref)
     composite = lrp_composite(model) if composite is None else composite
     out: torch.Tensor | None = None
+    if len(pair_images):
+        first = pair_images[:1]
+        check_called_once(model, layer, check_images(collate_images([dataset[int(first)]]), model, first).to(device))
     bar = tqdm(total=len(pair_images), desc=f"heatmaps @ {layer}", disable=not progress, unit="pair")
     with composite.context(model):
         for start in range(0, len(pair_images), batch_size):
             idx = pair_images[start : start + batch_size]
             channels = pair_channels[start : start + batch_size].to(device)
             unique, inverse = torch.unique(idx, return_inverse=True)
-            images = collate_images([dataset[int(i)] for i in unique])
-            check_images(images, model)
+            images = check_images(collate_images([dataset[int(i)] for i in unique]), model, unique)
             x = images.to(device)[inverse.to(device)].detach().requires_grad_(True)
             with torch.enable_grad():
                 # The hook of forward_to is registered after the composite's, so it sees the
@@ -206,9 +202,17 @@ def reference_heatmaps(
                     raise PuretoolsError(
                         f"Layer {layer!r} output has shape {tuple(activation.shape)}; expected [B, C, ...]."
                     )
+                check_activations(activation.detach(), layer, idx)
                 init = _argmax_relevance(activation.detach(), channels)
                 (grad,) = torch.autograd.grad(activation, x, init)
             heat = grad.detach().float().sum(1).cpu()
+            bad = (~torch.isfinite(heat.flatten(1))).any(1)
+            if bad.any():
+                raise PuretoolsError(
+                    f"The heatmaps of the images at data-set indices {idx[bad].unique()[:5].tolist()} contain "
+                    f"NaN or Inf: the relevance overflowed on its way down from {layer!r} (pixel values far "
+                    "too large? are the images normalised?). Check those images."
+                )
             if out is None:
                 out = torch.zeros(len(pair_images), *heat.shape[1:])
             out[start : start + len(idx)] = heat

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from . import cache
+from .checks import check_activations, check_called_once, check_images, resolve_device
 from .errors import PuretoolsError
 from .models import get_module
 
@@ -44,22 +45,6 @@ class References:
     @property
     def n_ref(self) -> int:
         return self.indices.shape[1]
-
-
-def resolve_device(device: str | torch.device | None, model: nn.Module | None = None) -> torch.device:
-    """``device`` as a torch.device; None means the model's device. Clear error if CUDA is absent."""
-    if device is None:
-        if model is not None:
-            for p in model.parameters():
-                return p.device
-        return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PuretoolsError(
-            f"device={str(device)!r} was requested but CUDA is not available on this machine. "
-            "Use device='cpu' (or leave device=None to use the model's device)."
-        )
-    return device
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
@@ -95,42 +80,6 @@ def collate_images(batch: list) -> torch.Tensor:
             "size in the data set's transform (e.g. Resize(256) + CenterCrop(224))."
         )
     return torch.stack(images)
-
-
-def _expected_in_channels(model: nn.Module) -> int | None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            return m.in_channels
-    return None
-
-
-def check_images(images: torch.Tensor, model: nn.Module, first_index: int = 0) -> None:
-    """Raise a clear error for wrongly shaped, grayscale/RGBA or non-finite image batches."""
-    if images.ndim != 4:
-        raise PuretoolsError(
-            f"Expected images of shape [channels, height, width], got a batch of shape "
-            f"{tuple(images.shape)}. Convert images to tensors, e.g. with "
-            "torchvision.transforms.ToTensor(), in the data set's transform."
-        )
-    expected = _expected_in_channels(model)
-    if expected is not None and images.shape[1] != expected:
-        fix = (
-            "convert them to RGB (PIL: image.convert('RGB'); torchvision: "
-            "transforms.Grayscale(num_output_channels=3) for grayscale, or drop the alpha "
-            "channel of RGBA)"
-        )
-        raise PuretoolsError(
-            f"Images have {images.shape[1]} channel(s) but the model's first convolution expects "
-            f"{expected}; {fix}."
-        )
-    # one reduction first: a sum is finite when every value is (barring overflow, which the
-    # exact check below then clears)
-    if not torch.isfinite(images.sum()) and not torch.isfinite(images).all():
-        bad = (~torch.isfinite(images.flatten(1))).any(1).nonzero().flatten()
-        raise PuretoolsError(
-            f"Images contain NaN or Inf values (data-set indices "
-            f"{[first_index + int(i) for i in bad[:5]]}). Check the files and the transform."
-        )
 
 
 class _Stop(Exception):
@@ -282,8 +231,11 @@ def collect_references(
     bar = tqdm(total=n, initial=start, desc=f"references @ {layer}", disable=not progress, unit="img")
     with torch.inference_mode():
         for batch_number, images in enumerate(loader, 1):
-            check_images(images, model, start)
-            out = forward_to(model, layer, images.to(device, non_blocking=True))
+            images = check_images(images, model, start).to(device, non_blocking=True)
+            if batch_number == 1:
+                check_called_once(model, layer, images[:1])
+            out = forward_to(model, layer, images)
+            check_activations(out, layer, start)
             if out.ndim < 2:
                 raise PuretoolsError(f"Layer {layer!r} output has shape {tuple(out.shape)}; expected [B, C, ...].")
             batch_max = out.flatten(2).amax(-1) if out.ndim > 2 else out

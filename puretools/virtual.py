@@ -12,6 +12,7 @@ from sklearn.metrics import silhouette_score
 from torch import nn
 from torch.utils.data import Dataset
 
+from .checks import check_activations, check_called_once
 from .errors import PuretoolsError
 from .references import (
     References,
@@ -230,8 +231,12 @@ def activation_features(
     feats = []
     with torch.inference_mode():
         for s in range(0, len(unique), batch_size):
-            images = collate_images([dataset[int(i)] for i in unique[s : s + batch_size]])
-            check_images(images, model)
+            batch = unique[s : s + batch_size]
+            images = check_images(collate_images([dataset[int(i)] for i in batch]), model, batch)
+            if s == 0:
+                check_called_once(model, layer, images[:1].to(device))
             out = layer_output(model, layer, images.to(device)).float()
+            check_activations(out, layer, batch)
             feats.append((out.flatten(2).mean(-1) if out.ndim > 2 else out).cpu())
+            check_activations(feats[-1], layer, batch)  # the spatial mean of huge values can overflow
     return torch.cat(feats)[inverse]
