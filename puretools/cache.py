@@ -96,6 +96,12 @@ def model_fingerprint(model: nn.Module) -> str:
 _SKIP_ATTRIBUTES = frozenset({"handles", "stored_tensors", "hook_refs"})  # runtime state, not settings
 
 
+def _code_digest(code: types.CodeType) -> str:
+    """Digest of a function's byte code and constants (nested code objects recursively, no addresses)."""
+    consts = [_code_digest(c) if isinstance(c, types.CodeType) else repr(c) for c in code.co_consts]
+    return hashlib.sha256(code.co_code + json.dumps(consts).encode()).hexdigest()[:16]
+
+
 def _describe(obj: Any, seen: set[int], depth: int = 0) -> Any:
     """A JSON-able description of ``obj`` with every setting it holds, free of memory addresses."""
     if depth > 12:
@@ -119,7 +125,7 @@ def _describe(obj: Any, seen: set[int], depth: int = 0) -> Any:
         code = obj.__code__
         return {
             "function": f"{obj.__module__}.{obj.__qualname__}",
-            "code": hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:16],
+            "code": _code_digest(code),
             "defaults": _describe(obj.__defaults__, seen, depth + 1),
             "closure": [_describe(c.cell_contents, seen, depth + 1) for c in obj.__closure__ or ()],
         }
@@ -331,6 +337,18 @@ def _checksum(tensors: dict[str, torch.Tensor]) -> str:
 _HOST = socket.gethostname().replace(".", "_") or "host"
 
 
+def _umask() -> int:
+    try:  # Linux: read it without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _remove_orphans(folder: Path) -> None:
     """Delete temporary files left by writes that were killed (their process is gone)."""
     try:
@@ -389,8 +407,9 @@ def save_cached(
     meta["info"] = json.dumps(metadata or {}, default=str)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # mode: 0666 minus umask
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         save_file(tensors, str(tmp), metadata=meta)
+        os.chmod(tmp, 0o666 & ~_umask())  # as any new file: a shared cache directory works for a group
         os.replace(tmp, path)
     except (OSError, SafetensorError) as err:
         warnings.warn(
