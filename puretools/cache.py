@@ -177,7 +177,11 @@ def item_image(item: Any, index: int) -> torch.Tensor:
 def item_digest(image: torch.Tensor) -> bytes:
     """sha256 of one image's shape, dtype and bytes."""
     digest = hashlib.sha256(f"{tuple(image.shape)}:{image.dtype}".encode())
-    digest.update(_tensor_bytes(image))
+    try:  # the common case without a copy or a torch call per step
+        data = image.numpy() if image.is_contiguous() else None
+    except (RuntimeError, TypeError):  # on a GPU, requires grad, or no numpy dtype (bfloat16)
+        data = None
+    digest.update(_tensor_bytes(image) if data is None else data)
     return digest.digest()
 
 
