@@ -162,7 +162,17 @@ def object_fingerprint(obj: Any) -> str:
 
 
 def item_image(item: Any, index: int) -> torch.Tensor:
-    """The image tensor of a data-set item (``(image, ...)`` or a bare tensor); clear error otherwise."""
+    """The image tensor of a data-set item (``(image, ...)`` or a bare tensor); clear error otherwise.
+
+    Examples
+    --------
+    >>> item_image((torch.zeros(3, 2, 2), 7), 0).shape
+    torch.Size([3, 2, 2])
+    >>> item_image({"image": torch.zeros(3, 2, 2)}, 5)
+    Traceback (most recent call last):
+    ...
+    puretools.errors.PuretoolsError: Data-set item 5 is a dict with keys ['image']; puretools needs items that are (image, ...) tuples or image tensors. Wrap the data set so that __getitem__ returns (image_tensor, label), e.g. for dict items: `return item['image'], item['label']`.
+    """
     image = item[0] if isinstance(item, (tuple, list)) and len(item) else item
     if isinstance(image, torch.Tensor):
         return image
@@ -175,7 +185,14 @@ def item_image(item: Any, index: int) -> torch.Tensor:
 
 
 def item_digest(image: torch.Tensor) -> bytes:
-    """sha256 of one image's shape, dtype and bytes."""
+    """sha256 of one image's shape, dtype and bytes (32 bytes).
+
+    Examples
+    --------
+    >>> x = torch.zeros(3, 2, 2)
+    >>> item_digest(x) == item_digest(x.clone()), item_digest(x) == item_digest(x.double())
+    (True, False)
+    """
     digest = hashlib.sha256(f"{tuple(image.shape)}:{image.dtype}".encode())
     try:  # the common case without a copy or a torch call per step
         data = image.numpy() if image.is_contiguous() else None
@@ -229,6 +246,20 @@ class DatasetHasher:
     items in index order to :meth:`update` (:func:`item_digest`); :meth:`hexdigest` then equals
     :func:`dataset_fingerprint`. The running state is 32 bytes (:attr:`state`), so a
     checkpointed run can :meth:`resume` it.
+
+    Examples
+    --------
+    >>> class Plain(torch.utils.data.Dataset):  # neither tensors nor files: hashed item by item
+    ...     def __len__(self):
+    ...         return 3
+    ...     def __getitem__(self, i):
+    ...         return torch.full((3, 2, 2), float(i)), i
+    >>> hasher = DatasetHasher(Plain())
+    >>> hasher.complete
+    False
+    >>> hasher.update(item_digest(Plain()[i][0]) for i in range(3))
+    >>> hasher.hexdigest() == dataset_fingerprint(Plain())
+    True
     """
 
     def __init__(self, dataset: Any) -> None:
@@ -446,6 +477,15 @@ def load_entry(
     ``expect`` with those shapes (None in a shape matches any size). Otherwise a warning says
     why and None is returned, so the caller recomputes and overwrites the file. Temporary files
     of killed writes in ``cache_dir`` are removed first.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = save_cached(folder, "demo", "k" * 64, {"x": torch.zeros(2, 3)}, {"layer": "layer4"})
+    >>> tensors, info = load_entry(folder, "demo", "k" * 64, expect={"x": (2, None)})
+    >>> info
+    {'layer': 'layer4'}
     """
     if cache_dir is None:
         return None
@@ -491,13 +531,30 @@ def load_cached(
     key: str,
     expect: dict[str, tuple[int | None, ...]] | None = None,
 ) -> dict[str, torch.Tensor] | None:
-    """The tensors stored under ``key``, or None when absent, stale or corrupt (see :func:`load_entry`)."""
+    """The tensors stored under ``key``, or None when absent, stale or corrupt (see :func:`load_entry`).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> load_cached(tempfile.mkdtemp(), "demo", "k" * 64) is None  # nothing stored yet
+    True
+    """
     entry = load_entry(cache_dir, kind, key, expect)
     return None if entry is None else entry[0]
 
 
 def remove_cached(cache_dir: str | os.PathLike, kind: str, key: str) -> None:
-    """Delete the file stored under ``key`` (e.g. a checkpoint once the run is complete)."""
+    """Delete the file stored under ``key`` (e.g. a checkpoint once the run is complete).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = save_cached(folder, "demo", "k" * 64, {"x": torch.zeros(1)})
+    >>> remove_cached(folder, "demo", "k" * 64)
+    >>> load_cached(folder, "demo", "k" * 64) is None
+    True
+    """
     try:
         _path(cache_dir, kind, key).unlink(missing_ok=True)
     except OSError as err:

@@ -279,7 +279,14 @@ def collate_images(batch: list) -> torch.Tensor:
 
 
 def collate_with_digests(batch: list) -> tuple[torch.Tensor, list[bytes]]:
-    """:func:`collate_images` plus the :func:`puretools.cache.item_digest` of each item's image."""
+    """:func:`collate_images` plus the :func:`puretools.cache.item_digest` of each item's image.
+
+    Examples
+    --------
+    >>> images, digests = collate_with_digests([(torch.zeros(3, 2, 2), 0), (torch.ones(3, 2, 2), 1)])
+    >>> images.shape, len(digests), digests[0] == cache.item_digest(torch.zeros(3, 2, 2))
+    (torch.Size([2, 3, 2, 2]), 2, True)
+    """
     images = collate_images(batch)
     return images, [cache.item_digest(cache.item_image(item, i)) for i, item in enumerate(batch)]
 
