@@ -176,11 +176,15 @@ def item_image(item: Any, index: int) -> torch.Tensor:
     image = item[0] if isinstance(item, (tuple, list)) and len(item) else item
     if isinstance(image, torch.Tensor):
         return image
-    what = f"a dict with keys {sorted(map(str, item))[:5]}" if isinstance(item, dict) else type(image).__name__
+    if isinstance(item, dict):
+        raise PuretoolsError(
+            f"Data-set item {index} is a dict with keys {sorted(map(str, item))[:5]}; puretools needs items "
+            "that are (image, ...) tuples or image tensors. Wrap the data set so that __getitem__ returns "
+            "(image_tensor, label), e.g. for dict items: `return item['image'], item['label']`."
+        )
     raise PuretoolsError(
-        f"Data-set item {index} is {what}; puretools needs items that are (image, ...) tuples or "
-        "image tensors. Wrap the data set so that __getitem__ returns (image_tensor, label), e.g. "
-        "for dict items: `return item['image'], item['label']`."
+        f"Data-set item {index} starts with a {type(image).__name__}, not an image tensor. Add "
+        "torchvision.transforms.ToTensor() (and Normalize) to the data set's transform."
     )
 
 
@@ -223,7 +227,13 @@ def _fast_parts(dataset: Any, indices: list[int] | None = None) -> list[Any] | N
         files = []
         for i in range(len(samples)) if indices is None else indices:
             path, target = samples[i]
-            st = os.stat(path)
+            try:
+                st = os.stat(path)
+            except OSError as err:
+                raise PuretoolsError(
+                    f"Image file {path} (data-set index {i}) cannot be read ({err.strerror}); it was moved "
+                    "or deleted after the data set was made. Make the data set again."
+                ) from err
             files.append([str(path), st.st_size, st.st_mtime_ns, _describe(target, set())])
         settings = [_describe(getattr(dataset, "loader", None), set())]
         for name in ("transform", "target_transform", "transforms"):
@@ -387,7 +397,7 @@ def _umask() -> int:
 def _remove_orphans(folder: Path) -> None:
     """Delete temporary files left by writes that were killed (their process is gone)."""
     try:
-        temps = list(folder.glob(".*.tmp"))
+        temps = list(folder.glob(".*.safetensors.*.tmp"))
     except OSError:
         return
     for tmp in temps:
@@ -395,7 +405,7 @@ def _remove_orphans(folder: Path) -> None:
         try:
             host, pid = parts[-4], int(parts[-3])
         except (IndexError, ValueError):
-            continue
+            host, pid = "", 0  # written by an older version: judged by its age
         try:
             if host == _HOST:
                 try:

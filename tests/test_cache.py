@@ -426,3 +426,23 @@ def test_forged_file_of_another_shape_is_recomputed(tmp_path):
     with pytest.warns(RuntimeWarning, match="not what this call computes"):
         again = collect(tiny_model(), data, tmp_path)
     assert same(again, first)
+
+
+def test_old_orphans_are_removed_and_other_files_kept(tmp_path):
+    old = tmp_path / ".circuits-abc.safetensors.x1y2z3.tmp"  # an older version's temporary name
+    other = tmp_path / ".notes.tmp"  # not ours
+    for f in (old, other):
+        f.write_bytes(b"x")
+        os.utime(f, (time.time() - 2 * cache.STALE_TEMP_SECONDS,) * 2)
+    cache.load_cached(tmp_path, "circuits", "k" * 64)
+    assert not old.exists() and other.exists()
+
+
+def test_image_folder_fingerprint_names_a_missing_file(tmp_path):
+    from puretools.data import image_folder, make_image_folder
+
+    data = image_folder(make_image_folder(tmp_path, n=3, size=16), size=8)
+    path, _ = data.samples[2]
+    os.unlink(path)
+    with pytest.raises(pt.PuretoolsError, match=rf"{Path(path).name} \(data-set index 2\).*deleted"):
+        cache.dataset_fingerprint(data)
