@@ -447,3 +447,28 @@ def test_image_folder_fingerprint_names_a_missing_file(tmp_path):
     os.unlink(path)
     with pytest.raises(pt.PuretoolsError, match=rf"{Path(path).name} \(data-set index 2\).*deleted"):
         cache.dataset_fingerprint(data)
+
+
+def test_changing_a_reference_image_is_a_circuits_cache_miss(tmp_path, vgg):
+    class Generated(torch.utils.data.Dataset):  # neither tensors nor files: every image is hashed
+        def __init__(self, x):
+            self.x = x
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return self.x[i], i
+
+    data = Generated(torch.randn(30, 3, 16, 16, generator=torch.Generator().manual_seed(0)))
+    refs = pt.collect_references(vgg, data, "features.9", n_ref=3, progress=False)
+    kw = dict(neurons=[0], progress=False)
+    before = pt.circuit_attributions(vgg, data, "features.9", "features.6", refs.indices, cache_dir=tmp_path, **kw)
+    changed = next(int(i) for i in refs.indices[0] if int(i) not in (0, 15, 29))  # not a sampled image
+    data.x[changed] *= -1  # a reference image of neuron 0 changes
+    fresh = pt.circuit_attributions(vgg, data, "features.9", "features.6", refs.indices, **kw)
+    assert not torch.allclose(before, fresh)
+    torch.testing.assert_close(
+        pt.circuit_attributions(vgg, data, "features.9", "features.6", refs.indices, cache_dir=tmp_path, **kw), fresh)
+    with pytest.raises(pt.PuretoolsError, match="another data set"):  # the References know the old images
+        pt.circuit_attributions(vgg, data, "features.9", "features.6", refs, **kw)
