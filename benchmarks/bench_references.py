@@ -15,6 +15,15 @@ Two measurements, each side by side in one run:
    reporting images/s including JPEG decoding, next to the decode-only throughput of the
    same DataLoader (no model) and the in-memory forward throughput.
 
+3. Cache cost: ``--cache`` times, interleaved in one process, a plain forward pass,
+   ``collect_references`` without a cache, with a cache that misses (a fresh folder: the data
+   set is fingerprinted, every image hashed as it streams by when the data set is neither
+   tensors nor files, and the result written) and with a cache that hits (the entry is read,
+   verified, and a streamed data set read once more to check its images). For a
+   ``TensorDataset`` it also times the same items behind a plain ``Dataset`` wrapper, which
+   takes the streaming path. Prints images/s and the extra time of the cached miss over the
+   uncached call as a share of the plain forward's time (target <= 5 %).
+
 Examples
 --------
 CPU::
@@ -27,6 +36,11 @@ H100 + 16 cores::
 
     python benchmarks/bench_references.py --model resnet50 --size 224 --device cuda \\
         --n-images 5000 --batch-size 256 --make-jpegs 20000 --jpeg-dir /tmp/pt-jpegs --workers 8,12,16
+
+Cache cost on the toy world and on ResNet-18, one thread::
+
+    python benchmarks/bench_references.py --model toy --cache --threads 1 --no-verify
+    python benchmarks/bench_references.py --model resnet18 --size 112 --n-images 1000 --cache --threads 1 --no-verify
 
 Smoke test (seconds)::
 
@@ -136,6 +150,77 @@ def decode_only(dataset: Dataset, batch_size: int, num_workers: int, pin: bool) 
     return sum(len(images) for images in loader)
 
 
+class Streamed(Dataset):
+    """The items of ``base`` behind a plain Dataset: nothing to fingerprint up front, so the cache
+    hashes every image as collect_references streams it (the path of generated data sets)."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        return self.base[i]
+
+
+def cache_cost(model, dataset: Dataset, layer: str, n_ref: int, batch_size: int, device: torch.device,
+               repeats: int, ctx) -> dict:
+    """Plain forward vs collect_references without cache, with a missing and with a hitting cache.
+
+    The four runs rotate within each repeat (a change in machine load hits all alike); the
+    fastest of each counts. Returns images/s of each and the cache's extra time as a share of
+    the plain forward's time.
+    """
+    times: dict[str, list[float]] = {"forward": [], "off": [], "miss": [], "hit": []}
+    cpu: dict[str, list[float]] = {k: [] for k in times}
+    kw = dict(n_ref=n_ref, batch_size=batch_size, device=device, progress=False)
+    with tempfile.TemporaryDirectory(prefix="pt-bench-cache-") as root:
+        for r in range(repeats):
+            folder = Path(root) / f"run{r}"
+            runs = {
+                "forward": lambda: plain_forward(model, dataset, batch_size, device),
+                "off": lambda: pt.collect_references(model, dataset, layer, **kw),
+                "miss": lambda: pt.collect_references(model, dataset, layer, cache_dir=folder, **kw),
+                "hit": lambda: pt.collect_references(model, dataset, layer, cache_dir=folder, **kw),
+            }
+            names = ["forward", "off", "miss", "hit"]
+            start = r % 3  # rotate forward/off/miss; the hit must follow its miss
+            order = (names[:3][start:] + names[:3][:start])
+            order.insert(order.index("miss") + 1, "hit")
+            for name in order:
+                with Measure(device) as m, ctx():
+                    runs[name]()
+                times[name].append(m.wall)
+                cpu[name].append(m.cpu)
+    n = len(dataset)
+    best = {k: min(v) for k, v in times.items()}
+    best_cpu = {k: min(v) for k, v in cpu.items()}
+    rates = {k: n / v for k, v in best.items()}
+    return {"images": n, "best_wall_s": best, "img_s": rates, "all_wall_s": times, "best_cpu_s": best_cpu,
+            "all_cpu_s": cpu,
+            "miss_extra_share_of_forward": (best["miss"] - best["off"]) / best["forward"],
+            "miss_extra_share_of_forward_cpu": (best_cpu["miss"] - best_cpu["off"]) / best_cpu["forward"],
+            "off_extra_share_of_forward_cpu": (best_cpu["off"] - best_cpu["forward"]) / best_cpu["forward"],
+            "hit_share_of_forward": best["hit"] / best["forward"]}
+
+
+def print_cache_cost(label: str, c: dict) -> None:
+    r = c["img_s"]
+    print(f"{label}: {c['images']} images; images/s (fastest of {len(c['all_wall_s']['forward'])} interleaved runs): "
+          f"plain forward {r['forward']:.1f}, collect cache off {r['off']:.1f}, cache on (miss) {r['miss']:.1f}, "
+          f"cache on (hit) {r['hit']:.1f}")
+    print(f"  collect/forward: cache off {r['off'] / r['forward']:.3f}, cache on (miss) {r['miss'] / r['forward']:.3f}")
+    print(f"  CACHE COST (miss - off) / plain forward time: {100 * c['miss_extra_share_of_forward']:+.1f} %; "
+          f"a hit takes {100 * c['hit_share_of_forward']:.1f} % of a plain forward")
+    b = c["best_cpu_s"]
+    print(f"  process CPU s (1 thread: insensitive to other processes), fastest: plain forward {b['forward']:.3f}, "
+          f"cache off {b['off']:.3f}, miss {b['miss']:.3f}, hit {b['hit']:.3f}")
+    print(f"  CACHE COST by CPU time (miss - off) / plain forward: {100 * c['miss_extra_share_of_forward_cpu']:+.1f} %; "
+          f"collect without cache vs plain forward: {100 * c['off_extra_share_of_forward_cpu']:+.1f} %")
+    print(f"  all runs, wall s: { {k: [round(v, 3) for v in vs] for k, vs in c['all_wall_s'].items()} }")
+
+
 def verify(model, dataset: Dataset, layer: str, refs, device: torch.device, batch_size: int,
            channels: int = 16) -> tuple[float, float]:
     """Recompute every image's spatial max for some channels; compare with the collected top-n.
@@ -181,6 +266,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="read only the first this many files of the folder (default: all)")
     p.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts for the JPEG run")
     p.add_argument("--skip-memory", action="store_true", help="only the JPEG measurement")
+    p.add_argument("--cache", action="store_true", help="also time collect_references with the cache off, missing, hitting")
+    p.add_argument("--cache-repeats", type=int, default=5, help="interleaved runs of each for --cache (default 5)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--toy-weights", default="default", help="toy checkpoint (default: the shipped one)")
@@ -266,6 +353,17 @@ def run(args: argparse.Namespace) -> dict | None:
             print(f"{DIFF_LABEL} (top-{n_ref} values of 16 channels recomputed from scratch vs collected): "
                   f"{top_diff:.3e} (activations at the collected indices: {at_diff:.3e})")
             result.update(max_abs_diff=top_diff, max_abs_diff_at_indices=at_diff)
+
+    if args.cache:
+        print(f"\n-- cache cost: {data_desc}; layer {layer!r}, n_ref {n_ref}, batch {args.batch_size}")
+        sets = [("as loaded (" + type(dataset).__name__ + ")", dataset)]
+        if isinstance(dataset, torch.utils.data.TensorDataset):
+            sets.append(("streamed (the same items behind a plain Dataset)", Streamed(dataset)))
+        result["cache"] = {}
+        for label, data in sets:
+            c = cache_cost(model, data, layer, n_ref, args.batch_size, device, args.cache_repeats, ctx)
+            print_cache_cost(label, c)
+            result["cache"][label] = c
 
     if args.make_jpegs or args.jpeg_dir:
         tmp = None

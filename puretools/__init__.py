@@ -43,7 +43,7 @@ from .plots import (
     umap_embedding,
     virtual_neuron_grids,
 )
-from .references import References, collect_references
+from .references import References, check_references, collect_references
 from .virtual import VirtualNeurons, activation_features
 
 __all__ = [
@@ -67,6 +67,7 @@ __all__ = [
     "circuit_attributions",
     "memory_plan",
     "cluster_distances",
+    "check_references",
     "collect_references",
     "crop_box",
     "crop_patch",

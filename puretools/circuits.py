@@ -16,7 +16,7 @@ from . import cache
 from .checks import check_activations, check_images, resolve_device
 from .errors import PuretoolsError
 from .models import get_module, lrp_composite
-from .references import References, collate_images, forward_to, prepare_model
+from .references import References, check_references, collate_images, forward_to, prepare_model
 
 __all__ = ["circuit_attributions", "memory_plan", "normalize_circuits", "subnetwork"]
 
@@ -132,14 +132,6 @@ def normalize_circuits(circuits: torch.Tensor) -> torch.Tensor:
     """
     norm = circuits.abs().sum(-1, keepdim=True)
     return torch.where(norm > 0, circuits / norm.clamp_min(torch.finfo(circuits.dtype).tiny), circuits)
-
-
-def _reference_indices(references: References | torch.Tensor) -> torch.Tensor:
-    idx = references.indices if isinstance(references, References) else references
-    idx = torch.as_tensor(idx)
-    if idx.ndim != 2:
-        raise PuretoolsError(f"references must be References or a LongTensor [channels, n_ref]; got shape {tuple(idx.shape)}.")
-    return idx.long()
 
 
 def _precision_context(precision: str, device: torch.device):
@@ -432,31 +424,17 @@ def circuit_attributions(
         batch_size = min(batch_size or plan["batch_size"], plan["batch_size"])
         image_chunk = min(image_chunk or plan["image_chunk"], plan["image_chunk"])
     batch_size, image_chunk = batch_size or 256, image_chunk or 512
-    ref_idx = _reference_indices(references)
-    n_channels, n_ref = ref_idx.shape
-    if neurons is None:
-        neurons_t = torch.arange(n_channels)
-    else:
-        neurons_t = torch.as_tensor(neurons, dtype=torch.long).reshape(-1)
-        bad = neurons_t[(neurons_t < 0) | (neurons_t >= n_channels)]
-        if len(bad):
-            raise PuretoolsError(
-                f"Neuron index {int(bad[0])} is out of range: layer {layer!r} has {n_channels} "
-                f"channels, so neurons must lie in 0..{n_channels - 1}."
-            )
-    n_data = len(dataset)
-    if len(ref_idx) and (ref_idx.min() < 0 or ref_idx.max() >= n_data):
-        raise PuretoolsError(
-            f"The references index images up to {int(ref_idx.max())} but the data set holds "
-            f"{n_data}: were they collected on another data set?"
-        )
+    use_cache = cache_dir is not None and not cache.items_change(dataset)
+    dataset_fp = cache.dataset_fingerprint(dataset) if use_cache or getattr(references, "dataset", None) else None
+    ref_idx, neurons_t = check_references(references, dataset, layer, neurons, model, dataset_fp)
+    n_ref = ref_idx.shape[1]
 
     key = None
-    if cache_dir is not None:
+    if use_cache:
         key = cache.fingerprint(
             kind="circuits",
             model=cache.model_fingerprint(model),
-            dataset=cache.dataset_fingerprint(dataset),
+            dataset=dataset_fp,
             layer=layer,
             lower_layer=lower_layer,
             references=ref_idx.tolist(),
@@ -464,7 +442,7 @@ def circuit_attributions(
             method=method,
             precision=precision,
         )
-        hit = cache.load_cached(cache_dir, "circuits", key)
+        hit = cache.load_cached(cache_dir, "circuits", key, expect={"circuits": (len(neurons_t), n_ref, None)})
         if hit is not None:
             return hit["circuits"]
 
@@ -478,7 +456,8 @@ def circuit_attributions(
     out: torch.Tensor | None = None
     first_chunk = 0
     if key is not None and checkpoint_every:
-        state = cache.load_cached(cache_dir, "circuits-partial", key)
+        state = cache.load_cached(cache_dir, "circuits-partial", key,
+                                  expect={"out": (len(flat_images), None), "next": ()})
         if state is not None:  # an interrupted run with the same fingerprint: continue it
             out, first_chunk = state["out"], int(state["next"])
     composite = lrp_composite(model) if method == "lrp" else None
@@ -504,7 +483,8 @@ def circuit_attributions(
             _attribute_chunk(sub, lower, order[first:last], counts[start:end], pair_channel, out,
                              method, batch_size, precision, device, bar)  # fmt: skip
             if key is not None and checkpoint_every and chunk_number % checkpoint_every == 0 and end < len(unique_images):
-                cache.save_cached(cache_dir, "circuits-partial", key, {"out": out, "next": torch.tensor(end)})
+                saved = cache.save_cached(cache_dir, "circuits-partial", key, {"out": out, "next": torch.tensor(end)})
+                checkpoint_every = checkpoint_every if saved is not None else 0  # warned once; go on
     bar.close()
     assert out is not None
     bad = (~torch.isfinite(out)).any(1)
@@ -524,9 +504,10 @@ def circuit_attributions(
             stacklevel=2,
         )
     if key is not None:
-        cache.save_cached(
+        saved = cache.save_cached(
             cache_dir, "circuits", key, {"circuits": circuits},
             {"layer": layer, "lower_layer": lower_layer, "method": method, "precision": precision},
         )
-        cache.remove_cached(cache_dir, "circuits-partial", key)
+        if saved is not None:
+            cache.remove_cached(cache_dir, "circuits-partial", key)
     return circuits

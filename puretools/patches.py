@@ -18,7 +18,7 @@ from .checks import check_activations, check_called_once, check_images, resolve_
 from .data import denormalize as imagenet_denormalize
 from .errors import PuretoolsError
 from .models import get_module, lrp_composite
-from .references import References, collate_images, forward_to, prepare_model
+from .references import References, check_references, collate_images, forward_to, prepare_model
 
 __all__ = [
     "CROP_THRESHOLD",
@@ -48,28 +48,6 @@ MASK_ALPHA = 0.3
 
 
 # --------------------------------------------------------------------------- heatmaps
-
-
-def _reference_indices(references: References | torch.Tensor) -> torch.Tensor:
-    idx = references.indices if isinstance(references, References) else torch.as_tensor(references)
-    if idx.ndim != 2:
-        raise PuretoolsError(
-            f"references must be References or a LongTensor [channels, n_ref]; got shape {tuple(idx.shape)}."
-        )
-    return idx.long()
-
-
-def _neuron_list(neurons: int | Sequence[int] | torch.Tensor | None, n_channels: int, layer: str) -> torch.Tensor:
-    if neurons is None:
-        return torch.arange(n_channels)
-    out = torch.as_tensor(neurons, dtype=torch.long).reshape(-1)
-    bad = out[(out < 0) | (out >= n_channels)]
-    if len(bad):
-        raise PuretoolsError(
-            f"Neuron index {int(bad[0])} is out of range: layer {layer!r} has {n_channels} channels, "
-            f"so neurons must lie in 0..{n_channels - 1}."
-        )
-    return out
 
 
 def _argmax_relevance(activation: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
@@ -129,8 +107,8 @@ def reference_heatmaps(
         None: :func:`puretools.lrp_composite`. ``zennit.core.Composite()`` gives plain
         gradients.
     cache_dir : path or None
-        Store/reuse the result, fingerprinted by model weights, data set, layer, references,
-        neurons and the composite's class (a custom composite is identified by class only).
+        Store/reuse the result, fingerprinted by the model, every image of the data set, layer,
+        references, neurons and the composite with all its parameters and canonizers.
     progress : bool
         Show a tqdm progress bar over pairs.
 
@@ -152,30 +130,27 @@ def reference_heatmaps(
     if batch_size < 1:
         raise PuretoolsError("batch_size must be a positive integer.")
     get_module(model, layer)
-    ref_idx = _reference_indices(references)
-    n_channels, n_ref = ref_idx.shape
-    neurons_t = _neuron_list(neurons, n_channels, layer)
-    n_data = len(dataset)
-    if ref_idx.numel() and (ref_idx.min() < 0 or ref_idx.max() >= n_data):
-        raise PuretoolsError(
-            f"The references index images up to {int(ref_idx.max())} but the data set holds "
-            f"{n_data}: were they collected on another data set?"
-        )
     device = resolve_device(device, model)
     model = prepare_model(model, device)
+    use_cache = cache_dir is not None and not cache.items_change(dataset)
+    dataset_fp = cache.dataset_fingerprint(dataset) if use_cache or getattr(references, "dataset", None) else None
+    ref_idx, neurons_t = check_references(references, dataset, layer, neurons, model, dataset_fp)
+    n_ref = ref_idx.shape[1]
 
     key = None
-    if cache_dir is not None:
+    if use_cache:
         key = cache.fingerprint(
             kind="heatmaps",
             model=cache.model_fingerprint(model),
-            dataset=cache.dataset_fingerprint(dataset),
+            dataset=dataset_fp,
             layer=layer,
             references=ref_idx[neurons_t].tolist(),
             neurons=neurons_t.tolist(),
-            composite="lrp" if composite is None else f"{type(composite).__module__}.{type(composite).__qualname__}",
+            composite="lrp" if composite is None else cache.object_fingerprint(composite),
         )
-        hit = cache.load_cached(cache_dir, "heatmaps", key)
+        example = collate_images([dataset[int(ref_idx.flatten()[0]) if ref_idx.numel() else 0]])
+        expect = {"heatmaps": (len(neurons_t), n_ref, *example.shape[2:])}
+        hit = cache.load_cached(cache_dir, "heatmaps", key, expect=expect)
         if hit is not None:
             return hit["heatmaps"]
 
@@ -579,12 +554,15 @@ def reference_patches(
     >>> reference_patches(model, data, "1", refs, neuron=1, mode="mask", size=6).shape
     torch.Size([3, 3, 6, 6])
     """
-    ref_idx = _reference_indices(references)
-    neuron = int(_neuron_list(int(neuron), ref_idx.shape[0], layer)[0])
-    if heatmaps is None:
+    if heatmaps is None:  # reference_heatmaps checks the references against the data set
+        ref_idx, (neuron_t,) = check_references(references, None, layer, [neuron])
         heatmaps = reference_heatmaps(
-            model, dataset, layer, ref_idx, [neuron], batch_size=batch_size, device=device, cache_dir=cache_dir
+            model, dataset, layer, references, [int(neuron_t)], batch_size=batch_size, device=device,
+            cache_dir=cache_dir,
         )[0]
+    else:
+        ref_idx, (neuron_t,) = check_references(references, dataset, layer, [neuron])
+    neuron = int(neuron_t)
     heatmaps = torch.as_tensor(heatmaps)
     if heatmaps.ndim != 3 or len(heatmaps) != ref_idx.shape[1]:
         raise PuretoolsError(

@@ -142,3 +142,93 @@ def test_items_that_are_not_tensors(vgg):
 
     with pytest.raises(pt.PuretoolsError, match="ToTensor"):
         pt.collect_references(vgg, Pil(), "features.9", n_ref=1, progress=False)
+
+
+# --------------------------------------------------------------------------- issue 11: references checked
+
+from puretools.references import References, check_neurons, check_references  # noqa: E402
+
+
+def _circuits(model, data, refs, **kw):
+    return pt.circuit_attributions(model, data, "features.9", "features.6", refs, progress=False, **kw)
+
+
+def _heatmaps(model, data, refs, **kw):
+    return pt.reference_heatmaps(model, data, "features.9", refs, **kw)
+
+
+USERS = [_circuits, _heatmaps]
+
+
+def test_references_carry_layer_channels_and_dataset(vgg, small_images):
+    refs = pt.collect_references(vgg, small_images, "features.9", n_ref=3, progress=False)
+    assert (refs.layer, refs.channels) == ("features.9", 12)
+    assert refs.dataset == pt.cache.dataset_fingerprint(small_images)
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_references_of_another_layer(vgg, small_images, user):
+    refs = pt.collect_references(vgg, small_images, "features.6", n_ref=3, progress=False)  # 16 channels
+    with pytest.raises(pt.PuretoolsError, match=r"collected at layer 'features.6' but this call is for layer 'features.9'"):
+        user(vgg, small_images, refs)
+    # bare indices of the wider layer: the layer's channel count catches them
+    with pytest.raises(pt.PuretoolsError, match=r"16 rows \(channels\) but layer 'features.9' of this model has 12"):
+        user(vgg, small_images, refs.indices)
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_references_of_another_data_set_of_the_same_length(vgg, small_images, user):
+    other = TensorDataset(small_images.tensors[0].flip(0))  # the same 40 images in another order
+    refs = pt.collect_references(vgg, other, "features.9", n_ref=3, progress=False)
+    with pytest.raises(pt.PuretoolsError, match="collected on another data set"):
+        user(vgg, small_images, refs)
+    user(vgg, other, refs, neurons=[0])  # the right data set: fine
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_reference_index_out_of_range_names_it(vgg, small_images, user):
+    idx = torch.zeros(12, 2, dtype=torch.long)
+    idx[5, 1] = 40
+    with pytest.raises(pt.PuretoolsError, match=r"Reference 1 of channel 5 is data-set index 40 .* holds 40"):
+        user(vgg, small_images, idx)
+
+
+@pytest.mark.parametrize("user", USERS)
+@pytest.mark.parametrize("neurons, message", [
+    ([], "neurons is empty"),
+    ([1.7], r"neurons\[0\] = 1.7 is not an integer"),
+    ([0, 2.5], r"neurons\[1\] = 2.5 is not an integer"),
+    ([3, 1, 3], r"neurons\[2\] = 3 repeats neurons\[0\]"),
+    ([0, 12], r"neurons\[1\] = 12 is out of range: layer 'features.9' has 12 channels"),
+    ([-1], r"neurons\[0\] = -1 is out of range"),
+])
+def test_bad_neurons_are_named(vgg, small_images, user, neurons, message):
+    refs = pt.collect_references(vgg, small_images, "features.9", n_ref=2, progress=False)
+    with pytest.raises(pt.PuretoolsError, match=message):
+        user(vgg, small_images, refs, neurons=neurons)
+
+
+def test_reference_patches_checks_neuron_and_layer(vgg, small_images):
+    refs = pt.collect_references(vgg, small_images, "features.9", n_ref=2, progress=False)
+    with pytest.raises(pt.PuretoolsError, match="not an integer"):
+        pt.reference_patches(vgg, small_images, "features.9", refs, neuron=1.7)
+    with pytest.raises(pt.PuretoolsError, match="collected at layer 'features.9'"):
+        pt.reference_patches(vgg, small_images, "features.6", refs, neuron=1, heatmaps=torch.zeros(2, 48, 48))
+
+
+def test_neuron_forms_that_are_fine():
+    assert torch.equal(check_neurons(None, 3), torch.arange(3))
+    assert torch.equal(check_neurons(2, 3), torch.tensor([2]))
+    assert torch.equal(check_neurons(torch.tensor([2, 0]), 3), torch.tensor([2, 0]))
+    assert torch.equal(check_neurons(range(1, 3), 3), torch.tensor([1, 2]))
+    import numpy as np
+
+    assert torch.equal(check_neurons(np.array([1, 0]), 3), torch.tensor([1, 0]))
+
+
+def test_hand_made_references_without_layer_information_still_work(vgg, small_images):
+    refs = pt.collect_references(vgg, small_images, "features.9", n_ref=3, progress=False)
+    old = References(refs.indices, refs.values, "features.9")  # the 3-field form of earlier versions
+    idx, neurons = check_references(old, small_images, "features.9", [1], vgg)
+    assert torch.equal(idx, refs.indices) and neurons.tolist() == [1]
+    torch.testing.assert_close(_circuits(vgg, small_images, old, neurons=[1]), _circuits(vgg, small_images, refs, neurons=[1]))
