@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from . import cache
+from . import cache, distributed
 from .errors import PuretoolsError
 from .models import get_module
 
@@ -246,6 +246,8 @@ def collect_references(
     >>> refs.indices.shape  # 4 channels, 10 references each
     torch.Size([4, 10])
     """
+    if distributed.active():  # under torchrun: one shard per rank, merged (puretools/distributed.py)
+        return distributed.sharded_references(collect_references, locals())
     n = check_dataset(dataset, n_ref)
     device = resolve_device(device, model)
     get_module(model, layer)
