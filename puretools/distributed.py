@@ -66,6 +66,7 @@ __all__ = [
     "local",
     "merge_top",
     "rank",
+    "rank_zero_first",
     "setup",
     "shard_bounds",
     "teardown",
@@ -76,7 +77,14 @@ _LOCAL: contextvars.ContextVar[bool] = contextvars.ContextVar("puretools_local",
 
 
 class RankFailedError(PuretoolsError):
-    """Another rank of the process group failed (or was lost); this rank stops too."""
+    """Another rank of the process group failed (or was lost); this rank stops too.
+
+    ``failed_rank`` is the rank that reported an error, or None when the connection was lost.
+    """
+
+    def __init__(self, message: str, failed_rank: int | None = None) -> None:
+        super().__init__(message)
+        self.failed_rank = failed_rank
 
 
 # --------------------------------------------------------------------------- the process group
@@ -175,7 +183,8 @@ def setup(device: str | torch.device | None = None, timeout: float = 1800.0) -> 
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+        _TIMEOUT[0] = datetime.timedelta(seconds=timeout)
+        dist.init_process_group(backend, timeout=_TIMEOUT[0])
     return device
 
 
@@ -191,6 +200,7 @@ def teardown() -> None:
 
 
 _GROUPS: list[tuple[Any, Any]] = []  # (default group, its gloo companion)
+_TIMEOUT: list[datetime.timedelta | None] = [None]  # the timeout setup() gave the default group
 
 
 def _group():
@@ -201,7 +211,7 @@ def _group():
     for default, gloo in _GROUPS:
         if default is world:
             return gloo
-    gloo = dist.new_group(backend="gloo")  # collective: every rank gets here in the same call
+    gloo = dist.new_group(backend="gloo", timeout=_TIMEOUT[0])  # collective: every rank gets here in the same call
     _GROUPS.append((world, gloo))
     return gloo
 
@@ -233,7 +243,8 @@ def _agree(error: BaseException | None, payload: Any = None, what: str = "exchan
         r, m = failed[0]
         raise RankFailedError(
             f"Rank {r} of {len(items)} failed ({m}); rank {rank()} stops too. "
-            f"See rank {r}'s output for its traceback."
+            f"See rank {r}'s output for its traceback.",
+            failed_rank=r,
         )
     return [p for _, p in items]
 
@@ -249,6 +260,29 @@ def _run(fn: Callable, *args, **kwargs) -> tuple[Any, BaseException | None]:
         return fn(*args, **kwargs), None
     except Exception as err:  # handed to _agree, which re-raises it on this rank
         return None, err
+
+
+def rank_zero_first(fn: Callable, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on rank 0, then on the other ranks; each rank returns its own result.
+
+    For steps that fill a shared cache, such as downloading weights: rank 0 downloads, the
+    others then read the file. If ``fn`` fails on any rank, every rank raises. Without an
+    active process group this is just ``fn(*args, **kwargs)``.
+
+    Examples
+    --------
+    >>> rank_zero_first(max, 2, 3)
+    3
+    """
+    if not active():
+        return fn(*args, **kwargs)
+    first = rank() == 0
+    result, error = _run(fn, *args, **kwargs) if first else (None, None)
+    _agree(error, what="waiting for rank 0")
+    if not first:
+        result, error = _run(fn, *args, **kwargs)
+    _agree(error, what="waiting for the other ranks")
+    return result
 
 
 # --------------------------------------------------------------------------- reference collection

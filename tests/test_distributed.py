@@ -250,6 +250,32 @@ def test_local_turns_it_off(ranks):
     assert all(r["active"] and not r["local_active"] for r in ranks)
 
 
+def _crashing_worker(rank: int, tmp: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=60))
+    model, data = toy()
+    if rank == 1:
+        os._exit(3)  # dies without a word, as a killed process
+    start = time.perf_counter()
+    try:
+        pt.collect_references(model, data, toyworld.LAYER, progress=False, **TOY)
+        message = "no error"
+    except Exception as err:
+        message = f"{type(err).__name__}: {err}"
+    Path(tmp, "rank0.txt").write_text(f"{time.perf_counter() - start:.1f}\n{message}")
+
+
+def test_a_rank_that_dies_does_not_leave_the_others_waiting(tmp_path):
+    context = mp.spawn(_crashing_worker, args=(str(tmp_path),), nprocs=WORLD, join=False)
+    for process in context.processes:
+        process.join(120)
+    assert [p.exitcode for p in context.processes] == [0, 3]
+    seconds, message = (tmp_path / "rank0.txt").read_text().split("\n", 1)
+    assert message.startswith("RankFailedError: Rank 0 lost contact with the other ranks"), message
+    assert float(seconds) < 30  # well before the 60 s timeout: the broken connection is noticed
+
+
 # --------------------------------------------------------------------------- the pieces, in one process
 
 
