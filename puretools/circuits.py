@@ -424,7 +424,7 @@ def circuit_attributions(
     torch.Size([4, 5, 8])
     """
     if distributed.active():  # under torchrun: the pairs split across ranks (puretools/distributed.py)
-        return distributed.split_circuits(circuit_attributions, **locals())
+        return distributed.split_circuits(**locals())
     if method not in ("gradient", "lrp"):
         raise PuretoolsError(f"method must be 'gradient' or 'lrp', not {method!r}.")
     if (batch_size is not None and batch_size < 1) or (image_chunk is not None and image_chunk < 1):

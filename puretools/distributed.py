@@ -65,6 +65,7 @@ __all__ = [
     "balance",
     "local",
     "merge_top",
+    "plan_split",
     "rank",
     "rank_zero_first",
     "setup",
@@ -448,6 +449,61 @@ def balance(pairs: list[int], world_size: int) -> list[list[int]]:
     return [sorted(units) for units in ranks]
 
 
+def _plan(flat_images: torch.Tensor, batch_size: int, image_chunk: int):
+    """The plan of one process: pairs grouped by image, chunks of images, batches sorted by pair count.
+
+    Returns the pairs' order by image, the distinct images, their pair counts and the units:
+    ``(first image of the chunk, positions of the batch's images in the distinct images)``.
+    """
+    order = torch.argsort(flat_images, stable=True)
+    unique_images, counts = torch.unique_consecutive(flat_images[order], return_counts=True)
+    units: list[tuple[int, torch.Tensor]] = []
+    for start in range(0, len(unique_images), image_chunk):
+        by_count = torch.argsort(counts[start : start + image_chunk], descending=True, stable=True)
+        units += [(start, start + by_count[b : b + batch_size]) for b in range(0, len(by_count), batch_size)]
+    return order, unique_images, counts, units
+
+
+def plan_split(
+    references,
+    world_size: int,
+    neurons=None,
+    batch_size: int = 256,
+    image_chunk: int = 512,
+) -> dict[str, list[int] | float]:
+    """How :func:`puretools.circuit_attributions` would split its pairs across ``world_size`` ranks.
+
+    Parameters
+    ----------
+    references : References or LongTensor [channels, n_ref]
+    world_size : int
+    neurons : sequence of int or None
+        None: all channels.
+    batch_size, image_chunk : int
+        As given to ``circuit_attributions`` (its defaults here).
+
+    Returns
+    -------
+    dict
+        ``units``: pairs per unit of work; ``loads``: pairs per rank; ``ideal_speedup``: all
+        pairs over the largest load (the speed-up if time were proportional to pairs).
+
+    Examples
+    --------
+    >>> refs = torch.tensor([[0, 1], [1, 2], [2, 3]])  # 3 neurons x 2 references; images 1 and 2 have 2 pairs
+    >>> plan_split(refs, 2, batch_size=1)
+    {'units': [2, 2, 1, 1], 'loads': [3, 3], 'ideal_speedup': 2.0}
+    """
+    from .circuits import _reference_indices
+
+    idx = _reference_indices(references)
+    chosen = torch.arange(idx.shape[0]) if neurons is None else torch.as_tensor(neurons, dtype=torch.long)
+    _, _, counts, units = _plan(idx[chosen].reshape(-1), batch_size, image_chunk)
+    pairs = [int(counts[p].sum()) for _, p in units]
+    loads = [sum(pairs[u] for u in rank_units) for rank_units in balance(pairs, world_size)]
+    return {"units": pairs, "loads": loads, "ideal_speedup": round(sum(pairs) / max(loads), 3)}
+
+
 def _circuits_key(model, dataset, layer, lower_layer, ref_idx, neurons_t, method, precision) -> str:
     # the key circuit_attributions computes (tests/test_distributed.py checks that the file names agree)
     return cache.fingerprint(
@@ -464,7 +520,6 @@ def _circuits_key(model, dataset, layer, lower_layer, ref_idx, neurons_t, method
 
 
 def split_circuits(
-    engine: Callable,
     model,
     dataset: Dataset,
     layer: str,
@@ -484,8 +539,10 @@ def split_circuits(
 ) -> torch.Tensor:
     """:func:`puretools.circuit_attributions` with its pairs split across the ranks.
 
-    Called by ``circuit_attributions`` itself (``engine``) when :func:`active`, with its own
-    arguments; see the module docstring. Every rank returns the whole tensor.
+    Called by ``circuit_attributions`` itself when :func:`active`, with its own arguments (an
+    argument it does not know is a TypeError: it must learn it); see the module docstring.
+    It runs the engine's batch routine (``circuits._attribute_chunk``) on this rank's units.
+    Every rank returns the whole tensor.
     """
     from . import circuits as C
 
@@ -537,17 +594,11 @@ def split_circuits(
     if hit is not None:
         return hit["circuits"]
 
-    # the plan of one process: pairs grouped by image, chunks of images, batches sorted by pair count
     n_ref = ref_idx.shape[1]
     pair_channel = neurons_t[:, None].expand(-1, n_ref).reshape(-1)
     flat_images = ref_idx[neurons_t].reshape(-1)
-    order = torch.argsort(flat_images, stable=True)
-    unique_images, counts = torch.unique_consecutive(flat_images[order], return_counts=True)
+    order, unique_images, counts, units = _plan(flat_images, batch_size, image_chunk)
     pair_start = torch.cumsum(counts, 0) - counts
-    units: list[tuple[int, torch.Tensor]] = []  # (first image of the chunk, positions of the batch's images)
-    for start in range(0, len(unique_images), image_chunk):
-        by_count = torch.argsort(counts[start : start + image_chunk], descending=True, stable=True)
-        units += [(start, start + by_count[b : b + batch_size]) for b in range(0, len(by_count), batch_size)]
     assigned = balance([int(counts[p].sum()) for _, p in units], world)
     mine = [units[u] for u in assigned[me]]
     my_pairs = torch.cat([_unit_pairs(p, order, pair_start, counts) for _, p in mine] or [flat_images[:0]])
