@@ -423,7 +423,7 @@ def circuit_attributions(
     >>> circuit_attributions(model, data, "3", "1", refs, progress=False).shape
     torch.Size([4, 5, 8])
     """
-    if distributed.active():  # under torchrun: the pairs split across ranks (puretools/distributed.py)
+    if distributed.active():  # under torchrun: the pairs split across ranks (puretools/distributed/)
         return distributed.split_circuits(**locals())
     if method not in ("gradient", "lrp"):
         raise PuretoolsError(f"method must be 'gradient' or 'lrp', not {method!r}.")

@@ -246,7 +246,7 @@ def collect_references(
     >>> refs.indices.shape  # 4 channels, 10 references each
     torch.Size([4, 10])
     """
-    if distributed.active():  # under torchrun: one shard per rank, merged (puretools/distributed.py)
+    if distributed.active():  # under torchrun: one shard per rank, merged (puretools/distributed/)
         return distributed.sharded_references(collect_references, locals())
     n = check_dataset(dataset, n_ref)
     device = resolve_device(device, model)
