@@ -20,8 +20,9 @@ to what one process computes:
   the rank with the fewest pairs so far (balanced by pair count); each rank runs the engine's
   own batch routine on its units; the rows are all-gathered, so every rank returns the whole
   tensor. On the CPU, a rank computes the lower-layer activations of its images in forward
-  passes of the same sizes as one process does (CPU kernels give bit-identical per-image
-  results for equal batch sizes, whatever the other images), so the result is bit-identical
+  passes of the same sizes as one process does (PyTorch's CPU kernels give bit-identical
+  per-image results for equal batch sizes, whatever the other images: observed, not
+  promised by PyTorch, and checked by tests/test_distributed.py), so the result is bit-identical
   to one process with the same ``batch_size``, ``image_chunk`` and threads per process. On
   other devices the lower-layer forward passes hold only the rank's images of a chunk (no
   padding work), so results agree to float32 rounding (different batch sizes can pick
