@@ -74,10 +74,14 @@ def _worker(rank: int, world: int, args: argparse.Namespace, tmp: str) -> None:
         model, data, "layer4", n_ref=args.n_ref, batch_size=args.batch_size, progress=False))
     circuits, t_circ, c_circ = timed(lambda: pt.circuit_attributions(
         model, data, "layer4", "layer3", refs, method=args.method, progress=False))
+    cpu = [(c_refs, c_circ)]
+    if world > 1:
+        cpu = [None] * world
+        dist.all_gather_object(cpu, (c_refs, c_circ))
     if rank == 0:
         torch.save({"indices": refs.indices, "values": refs.values, "circuits": circuits,
-                    "references_s": t_refs, "circuits_s": t_circ, "references_cpu_s": c_refs,
-                    "circuits_cpu_s": c_circ, "distinct": len(refs.indices.unique())},
+                    "references_s": t_refs, "circuits_s": t_circ, "cpu_s": cpu,
+                    "distinct": len(refs.indices.unique())},
                    f"{tmp}/result-{world}.pt")
     if world > 1:
         dist.destroy_process_group()
@@ -129,8 +133,9 @@ def main(argv=None) -> int:
         for world in procs:
             results[world] = run(world, args, tmp)
             r = results[world]
+            cpu = ", ".join(f"{a:.1f} / {b:.1f}" for a, b in r["cpu_s"])
             print(f"{world} process(es): references {r['references_s']:.2f} s, circuits {r['circuits_s']:.2f} s "
-                  f"(rank 0 CPU {r['references_cpu_s']:.2f} s / {r['circuits_cpu_s']:.2f} s)", flush=True)
+                  f"(CPU s per rank, references / circuits: {cpu})", flush=True)
     end_load = uptime()
     print(f"uptime at end: {end_load}")
 
