@@ -1,8 +1,11 @@
-"""Command line for the long steps: ``python -m puretools collect|attribute|toy train|demo``."""
+"""Command line for the long steps: python -m puretools collect|attribute|toy train|demo."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import subprocess
 import sys
 import time
@@ -10,33 +13,129 @@ from pathlib import Path
 
 from .config import cache_dir
 
-__all__ = ["main"]
+__all__ = ["cli_message", "main"]
+
+DESCRIPTION = (
+    "PURE's long steps from the shell: collect the reference samples of every neuron, compute "
+    "their circuits, train the toy model, run the notebooks. Results are cached (fingerprinted) "
+    "and, with --out, written to a safetensors file."
+)
+EPILOG = """examples:
+  python -m puretools collect   --model toy --data toy:test --out refs.safetensors
+  python -m puretools attribute --model resnet50 --data /path/to/imagenet/val --out circuits.safetensors
+  torchrun --standalone --nproc_per_node 4 -m puretools attribute --model resnet50 \\
+      --data /path/to/imagenet/val --out circuits.safetensors   # 4 processes (GPUs), one file
+
+Run 'python -m puretools COMMAND --help' for the options of a command."""
+
+#: Python argument names in library messages and the flags that set them (see cli_message).
+FLAGS = {
+    "n_ref": "--n-ref", "max_memory": "--max-memory", "lower_layer": "--lower-layer", "layer": "--layer",
+    "device": "--device", "num_workers": "--workers", "cache_dir": "--cache-dir", "neurons": "--neurons",
+    "method": "--method", "precision": "--precision", "weights": "--weights",
+}  # fmt: skip
+
+
+def cli_message(message: str, command: str | None = None) -> str:
+    """A library error message with the Python argument names replaced by the command-line flags.
+
+    ``name=value`` becomes ``--flag value``, ``leave name=None`` becomes ``leave out --flag``,
+    and a bare name with an underscore (``n_ref``) becomes its flag. ``batch_size`` is
+    ``--pair-batch-size`` for ``attribute`` (the circuits' batches) and ``--batch-size`` otherwise.
+
+    Examples
+    --------
+    >>> cli_message("n_ref=500 reference samples were asked for; use 1 <= n_ref <= 40.")
+    '--n-ref 500 reference samples were asked for; use 1 <= --n-ref <= 40.'
+    >>> cli_message("Use device='cpu' (or leave device=None to use the model's device).")
+    "Use --device cpu (or leave out --device to use the model's device)."
+    >>> cli_message("e.g. layer='layer4', lower_layer='layer3'")
+    'e.g. --layer layer4, --lower-layer layer3'
+    """
+    flags = dict(FLAGS, batch_size="--pair-batch-size" if command == "attribute" else "--batch-size")
+    names = "|".join(sorted(flags, key=len, reverse=True))
+    message = re.sub(rf"\bleave ({names})=None\b", lambda m: f"leave out {flags[m[1]]}", message)
+    message = re.sub(rf"\b({names})=None\b", lambda m: f"no {flags[m[1]]}", message)
+    message = re.sub(rf"\b({names})=(['\"]?)([^\s'\",;)]*)\2", lambda m: f"{flags[m[1]]} {m[3]}", message)
+    underscored = "|".join(n for n in flags if "_" in n)
+    return re.sub(rf"(?<![-\w])({underscored})\b", lambda m: flags[m[1]], message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _neurons(text: str) -> list[int]:
+    try:
+        return [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 0,5,9, got {text!r}") from None
+
+
+def _safetensors_path(text: str) -> Path:
+    if not text.endswith(".safetensors"):
+        raise argparse.ArgumentTypeError(f"the result file must end in .safetensors, got {text!r}")
+    return Path(text)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="toy", help="'toy', 'resnet50', 'timm/resnet50.a1_in1k', ... (default: toy)")
-    p.add_argument("--weights", default="default", help="'default', 'none' (random) or a path to a state dict")
-    p.add_argument("--data", default="toy:test", help="'toy:test', 'toy:train' or an ImageNet-style folder")
-    p.add_argument("--size", type=int, default=224, help="image size for folders (default 224)")
+    p.add_argument("--weights", default="default",
+                   help="'default' (the published weights), 'none' (random, seeded by --seed) or a path to a "
+                        "state dict (.safetensors or .pth)")
+    p.add_argument("--data", default="toy:test",
+                   help="'toy:test' or 'toy:train' (the toy world's splits), or an ImageNet-style folder "
+                        "root/<class>/<image>.jpg (default: toy:test)")
+    p.add_argument("--size", type=_positive_int, default=224,
+                   help="image size for folders: resize and centre-crop to this (default 224)")
     p.add_argument("--layer", default=None, help="layer of interest (default: the model's, e.g. layer4)")
-    p.add_argument("--n-ref", type=int, default=100, help="reference samples per neuron (default 100)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--n-ref", type=_positive_int, default=100, help="reference samples per neuron (default 100)")
+    p.add_argument("--batch-size", type=_positive_int, default=64,
+                   help="images per forward pass when collecting references (default 64)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="data-loading worker processes (default 0: load in the main process)")
     p.add_argument("--device", default=None, help="'cpu', 'cuda', ... (default: cuda if available)")
-    p.add_argument("--cache-dir", default=str(cache_dir()), help="where results are stored (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed for random initialisation (default 0)")
+    p.add_argument("--cache-dir", default=str(cache_dir()),
+                   help="where results are cached, fingerprinted by everything that made them (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random weights (--weights none) (default 0)")
+    p.add_argument("--out", type=_safetensors_path, default=None, metavar="FILE.safetensors",
+                   help="also write the result to this file (collect: 'indices' and 'values' [neurons, n_ref]; "
+                        "attribute: 'circuits' [neurons, n_ref, lower channels], 'neurons' and their "
+                        "'indices'; metadata: JSON under 'puretools'); under torchrun rank 0 writes it")
+    p.add_argument("--timeout", type=_positive_float, default=30.0,
+                   help="under torchrun: minutes a rank waits for the others at an exchange before it gives "
+                        "up (default 30); must exceed the longest imbalance between ranks")
 
 
 def _setup(args):
     import torch
 
-    from . import load_model
+    from . import distributed, load_model
     from .checks import resolve_device
     from .data import load_dataset
 
     device = resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), name="--device")
+    device = distributed.setup(device, timeout=args.timeout * 60)  # torchrun: one process group, a device per rank
     torch.manual_seed(args.seed)  # random weights (--weights none) are the same on every run
     weights = None if args.weights.lower() == "none" else args.weights
-    model = load_model(args.model, weights=weights, device=device)
+    # rank 0 first: it downloads missing weights, then the other ranks read them from the cache
+    model = distributed.rank_zero_first(load_model, args.model, weights=weights, device=device)
     dataset = load_dataset(args.data, size=args.size)
     if args.model == "toy":
         from .toyworld import LAYER, LOWER_LAYER
@@ -45,6 +144,39 @@ def _setup(args):
     layer = args.layer or LAYER
     lower = getattr(args, "lower_layer", None) or LOWER_LAYER
     return model, dataset, layer, lower, device
+
+
+def _say(message: str) -> None:
+    from .distributed import rank
+
+    if rank() == 0:
+        print(message, flush=True)
+
+
+def _write(path: Path, tensors: dict, metadata: dict) -> None:
+    """Rank 0 writes ``tensors`` to ``path`` (atomically).
+
+    The metadata (what made the file) are one JSON string under the key ``"puretools"``, with
+    sorted keys: safetensors stores several metadata keys in a random order, and one key keeps
+    the file the same byte for byte from run to run (and with any number of processes).
+    """
+    from safetensors.torch import save_file
+
+    from . import __version__
+    from .distributed import rank
+
+    if rank() != 0:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    meta = json.dumps({**metadata, "puretools_version": __version__}, sort_keys=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"puretools": meta})
+    os.replace(tmp, path)
+
+
+def _metadata(args, layer: str, **more) -> dict:
+    return {"command": args.command, "model": args.model, "weights": args.weights, "data": args.data,
+            "size": args.size, "seed": args.seed, "layer": layer, "n_ref": args.n_ref, **more}  # fmt: skip
 
 
 def _collect(args) -> None:
@@ -56,11 +188,16 @@ def _collect(args) -> None:
         model, dataset, layer, n_ref=args.n_ref, batch_size=args.batch_size,
         device=device, num_workers=args.workers, cache_dir=args.cache_dir,
     )
-    print(f"references: {tuple(refs.indices.shape)} at {layer} in {time.perf_counter() - t:.1f} s "
-          f"(cached in {args.cache_dir})")
+    _say(f"references: {tuple(refs.indices.shape)} at {layer} in {time.perf_counter() - t:.1f} s "
+         f"(cached in {args.cache_dir})")
+    if args.out is not None:
+        _write(args.out, {"indices": refs.indices, "values": refs.values}, _metadata(args, layer))
+        _say(f"wrote {args.out} (indices, values)")
 
 
 def _attribute(args) -> None:
+    import torch
+
     from . import circuit_attributions, collect_references
 
     model, dataset, layer, lower, device = _setup(args)
@@ -68,15 +205,20 @@ def _attribute(args) -> None:
         model, dataset, layer, n_ref=args.n_ref, batch_size=args.batch_size,
         device=device, num_workers=args.workers, cache_dir=args.cache_dir,
     )
-    neurons = [int(n) for n in args.neurons.split(",")] if args.neurons else None
+    neurons = args.neurons
     t = time.perf_counter()
     circuits = circuit_attributions(
         model, dataset, layer, lower, refs, neurons=neurons, method=args.method,
         batch_size=args.pair_batch_size, max_memory=args.max_memory, device=device, precision=args.precision,
-        cache_dir=args.cache_dir,
+        cache_dir=args.cache_dir, num_workers=args.workers,
     )
-    print(f"circuits: {tuple(circuits.shape)} ({lower} <- {layer}, {args.method}) in "
-          f"{time.perf_counter() - t:.1f} s (cached in {args.cache_dir})")
+    _say(f"circuits: {tuple(circuits.shape)} ({lower} <- {layer}, {args.method}) in "
+         f"{time.perf_counter() - t:.1f} s (cached in {args.cache_dir})")
+    if args.out is not None:
+        chosen = torch.arange(refs.n_channels) if neurons is None else torch.tensor(neurons, dtype=torch.long)
+        _write(args.out, {"circuits": circuits, "neurons": chosen, "indices": refs.indices[chosen]},
+               _metadata(args, layer, lower_layer=lower, method=args.method, precision=args.precision))
+        _say(f"wrote {args.out} (circuits, neurons, indices)")
 
 
 def _toy_train(args) -> None:
@@ -109,26 +251,32 @@ def _demo(args) -> None:
         print(f"  -> {out / nb.with_suffix('.html').name} ({time.perf_counter() - t:.0f} s)")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``python -m puretools`` and the ``puretools`` script."""
-    parser = argparse.ArgumentParser(prog="python -m puretools", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m puretools", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("collect", help="collect the top-n_ref reference samples of every neuron")
+    p = sub.add_parser("collect", help="collect the top --n-ref reference samples of every neuron",
+                       description="Rank the data set by each neuron's spatial max activation at --layer and "
+                                   "keep the top --n-ref. Under torchrun, each rank reads a shard.")
     _add_common(p)
-    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     p.set_defaults(func=_collect)
 
-    p = sub.add_parser("attribute", help="compute circuits for (neuron, reference) pairs")
+    p = sub.add_parser("attribute", help="compute circuits for (neuron, reference) pairs",
+                       description="Collect the references (or read them from the cache), then compute the "
+                                   "circuit of every (neuron, reference) pair: the neuron's relevance flowing "
+                                   "into --lower-layer. Under torchrun, the pairs are split across ranks.")
     _add_common(p)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--lower-layer", default=None, help="the layer below (default: e.g. layer3)")
-    p.add_argument("--neurons", default=None, help="comma-separated neuron indices (default: all)")
-    p.add_argument("--method", choices=("gradient", "lrp"), default="gradient")
-    p.add_argument("--precision", choices=("float32", "tf32", "bfloat16"), default="float32")
-    p.add_argument("--pair-batch-size", type=int, default=None,
+    p.add_argument("--lower-layer", default=None, help="the layer below --layer (default: e.g. layer3)")
+    p.add_argument("--neurons", type=_neurons, default=None, help="comma-separated neuron indices (default: all)")
+    p.add_argument("--method", choices=("gradient", "lrp"), default="gradient",
+                   help="'gradient': gradient x activation, as the PURE code; 'lrp': zennit's EpsilonPlusFlat "
+                        "with the model's canonizers, as CRP (default: gradient)")
+    p.add_argument("--precision", choices=("float32", "tf32", "bfloat16"), default="float32",
+                   help="'tf32' and 'bfloat16' are faster on GPUs and less exact (default: float32)")
+    p.add_argument("--pair-batch-size", type=_positive_int, default=None,
                    help="reference images per subnetwork pass (default 256, or what --max-memory allows)")
-    p.add_argument("--max-memory", type=float, default=None,
+    p.add_argument("--max-memory", type=_positive_float, default=None,
                    help="GiB of device memory for the working tensors; sets the batch sizes")
     p.set_defaults(func=_attribute)
 
@@ -141,16 +289,32 @@ def main(argv: list[str] | None = None) -> None:
     t.set_defaults(func=_toy_train)
 
     p = sub.add_parser("demo", help="execute all notebooks headless and write HTML")
-    p.add_argument("--out", default="build")
+    p.add_argument("--out", default="build", help="folder for the HTML files (default: build)")
     p.set_defaults(func=_demo)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m puretools`` and the ``puretools`` script.
+
+    Under ``torchrun`` (``torchrun --nproc_per_node N -m puretools collect|attribute ...``) every
+    rank runs the same command: the work is split, rank 0 prints and writes ``--out``, and a
+    rank that fails makes every rank exit with an error.
+    """
+    args = _parser().parse_args(argv)
+    from . import distributed
     from .errors import PuretoolsError
 
     try:
         args.func(args)
     except PuretoolsError as err:
-        sys.exit(f"error: {err}")
+        here, other = distributed.rank(), isinstance(err, distributed.RankFailedError)
+        if other and err.failed_rank is not None and here != 0:
+            sys.exit(1)  # rank 0 says which rank failed: one message is enough
+        prefix = f"rank {here}: " if distributed.world_size() > 1 and not other else ""
+        sys.exit(f"error: {prefix}{cli_message(str(err), args.command)}")
+    finally:
+        distributed.teardown()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from torch import fx, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from . import cache
+from . import cache, distributed
 from .checks import check_activations, check_images, resolve_device
 from .errors import PuretoolsError
 from .models import get_module, lrp_composite
@@ -411,6 +411,8 @@ def circuit_attributions(
     >>> circuit_attributions(model, data, "3", "1", refs, progress=False).shape
     torch.Size([4, 5, 8])
     """
+    if distributed.active():  # under torchrun: the pairs split across ranks (puretools/distributed/)
+        return distributed.split_circuits(**locals())
     if method not in ("gradient", "lrp"):
         raise PuretoolsError(f"method must be 'gradient' or 'lrp', not {method!r}.")
     if (batch_size is not None and batch_size < 1) or (image_chunk is not None and image_chunk < 1):

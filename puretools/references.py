@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from . import cache
+from . import cache, distributed
 from .checks import check_activations, check_called_once, check_images, resolve_device
 from .errors import PuretoolsError
 from .models import get_module
@@ -391,6 +391,8 @@ def collect_references(
     >>> refs.indices.shape  # 4 channels, 10 references each
     torch.Size([4, 10])
     """
+    if distributed.active():  # under torchrun: one shard per rank, merged (puretools/distributed/)
+        return distributed.sharded_references(collect_references, locals())
     n = check_dataset(dataset, n_ref)
     device = resolve_device(device, model)
     get_module(model, layer)

@@ -1,0 +1,330 @@
+"""Reference collection and circuits under torch.distributed (2 gloo processes) equal one process.
+
+One spawned pair of processes (``torch.multiprocessing.spawn``, gloo, 1 thread each) runs every
+scenario and saves what each rank got; the tests compare that with one process, computed here
+with the same arguments and one thread. Bit-identical (``torch.equal``) throughout: these are
+CPU float32 runs with the same batch sizes.
+"""
+
+import datetime
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+import puretools as pt
+from puretools import distributed, toyworld
+
+WORLD = 2
+TOY_N = 1001  # not divisible by the world size; 21 batches of 50 images: 10 and 11 per rank
+TOY = dict(n_ref=50, batch_size=50)
+TOY_CIRCUITS = dict(batch_size=40, image_chunk=100)  # several chunks and batches, odd batch sizes
+RN_N = 31
+RN = dict(n_ref=6, batch_size=8)
+RN_NEURONS = list(range(0, 512, 32))
+RN_CIRCUITS = dict(batch_size=5, image_chunk=12)
+
+pytestmark = pytest.mark.filterwarnings("ignore:Neuron\\(s\\).*dead neurons:RuntimeWarning")  # random weights
+
+
+# --------------------------------------------------------------------------- models and data (both sides)
+
+
+def toy():
+    return pt.load_model("toy"), toyworld.ToyWorld(split="test", n=TOY_N)
+
+
+def resnet():
+    torch.manual_seed(0)
+    model = pt.load_model("resnet18", weights=None)
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():  # non-trivial batch-norm statistics, so the LRP canonizer has work
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    data = TensorDataset(torch.randn(RN_N, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    return model, data
+
+
+class Flaky(Dataset):
+    """The toy data set, counting item reads; raises after ``fail_after`` reads if set."""
+
+    def __init__(self, data, fail_after=None):
+        self.data, self.fail_after, self.reads = data, fail_after, 0
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        if self.fail_after is not None and self.reads > self.fail_after:
+            raise OSError(f"disk error reading item {i}")
+        return self.data[i]
+
+    fingerprint = "flaky toy"  # the same cache entries whether it fails or not
+
+
+def scenarios(rank: int, tmp: Path) -> dict:
+    """Everything the ranks run; the same code computes the one-process answers (rank None)."""
+    out = {}
+    model, data = toy()
+    refs = pt.collect_references(model, data, toyworld.LAYER, progress=False, **TOY)
+    out["toy_refs"] = (refs.indices, refs.values)
+    for method in ("gradient", "lrp"):
+        out[f"toy_{method}"] = pt.circuit_attributions(
+            model, data, toyworld.LAYER, toyworld.LOWER_LAYER, refs, method=method, progress=False, **TOY_CIRCUITS)
+    # one unit of work for two ranks: a rank with no reference image; ten images in one batch: a rank
+    # with no images
+    out["toy_one_neuron"] = pt.circuit_attributions(
+        model, data, toyworld.LAYER, toyworld.LOWER_LAYER, refs, neurons=[3], progress=False)
+    small = pt.collect_references(model, toyworld.ToyWorld(split="test", n=10), toyworld.LAYER, n_ref=4,
+                                  batch_size=16, progress=False)
+    out["toy_ten_images"] = (small.indices, small.values)
+
+    rn, rn_data = resnet()
+    rn_refs = pt.collect_references(rn, rn_data, "layer4", progress=False, **RN)
+    out["rn_refs"] = (rn_refs.indices, rn_refs.values)
+    for method in ("gradient", "lrp"):
+        out[f"rn_{method}"] = pt.circuit_attributions(
+            rn, rn_data, "layer4", "layer3", rn_refs, neurons=RN_NEURONS, method=method, progress=False,
+            **RN_CIRCUITS)
+    for what in ("references", "circuits"):
+        fresh = Flaky(data)  # how many images are read without a cache (by this rank)
+        if what == "references":
+            pt.collect_references(model, fresh, toyworld.LAYER, progress=False, **TOY)
+        else:
+            pt.circuit_attributions(model, fresh, toyworld.LAYER, toyworld.LOWER_LAYER, refs, progress=False,
+                                    **TOY_CIRCUITS)
+        out[f"fresh_{what}_reads"] = fresh.reads
+    if rank is None:
+        return out
+
+    # cache: one entry per result, under the one-process name; a second call reads it
+    cache_dir = tmp / "cache"
+    r = pt.collect_references(model, Flaky(data), toyworld.LAYER, cache_dir=cache_dir, progress=False, **TOY)
+    pt.circuit_attributions(model, Flaky(data), toyworld.LAYER, toyworld.LOWER_LAYER, r, cache_dir=cache_dir,
+                            progress=False, **TOY_CIRCUITS)
+    dist.barrier()
+    out["cache_files"] = sorted(p.name for p in cache_dir.iterdir())
+    counting = Flaky(data)
+    again = pt.circuit_attributions(model, counting, toyworld.LAYER, toyworld.LOWER_LAYER, r,
+                                    cache_dir=cache_dir, progress=False, **TOY_CIRCUITS)
+    out["cached_again"], out["cached_reads"] = again, counting.reads
+
+    # rank 1 fails part-way: both ranks stop (no hang); a re-run resumes each rank's part
+    resume_dir = tmp / "resume"
+    for what in ("references", "circuits"):
+        flaky = Flaky(data, fail_after=150 if rank == 1 else None)
+        start = time.perf_counter()
+        try:
+            if what == "references":
+                pt.collect_references(model, flaky, toyworld.LAYER, cache_dir=resume_dir, checkpoint_every=1,
+                                      progress=False, **TOY)
+            else:
+                pt.circuit_attributions(model, flaky, toyworld.LAYER, toyworld.LOWER_LAYER, refs,
+                                        cache_dir=resume_dir, checkpoint_every=1, progress=False,
+                                        **TOY_CIRCUITS)
+            out[f"fail_{what}"] = "no error"
+        except Exception as err:
+            out[f"fail_{what}"] = f"{type(err).__name__}: {err}"
+        out[f"fail_{what}_seconds"] = time.perf_counter() - start
+        dist.barrier()
+        out[f"partial_{what}"] = sorted(p.name for p in resume_dir.iterdir())
+        dist.barrier()
+        flaky = Flaky(data)
+        if what == "references":
+            r = pt.collect_references(model, flaky, toyworld.LAYER, cache_dir=resume_dir, checkpoint_every=1,
+                                      progress=False, **TOY)
+            out["resumed_references"] = (r.indices, r.values)
+        else:
+            out["resumed_circuits"] = pt.circuit_attributions(
+                model, flaky, toyworld.LAYER, toyworld.LOWER_LAYER, refs, cache_dir=resume_dir,
+                checkpoint_every=1, progress=False, **TOY_CIRCUITS)
+        out[f"resumed_{what}_reads"] = flaky.reads
+        dist.barrier()
+    out["resume_files"] = sorted(p.name for p in resume_dir.iterdir())
+    with distributed.local():
+        out["local_active"] = distributed.active()
+    out["active"] = distributed.active()
+    return out
+
+
+def _worker(rank: int, tmp: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        torch.save(scenarios(rank, Path(tmp)), f"{tmp}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory, one_thread):
+    tmp = tmp_path_factory.mktemp("dist")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.spawn(_worker, args=(str(tmp),), nprocs=WORLD, join=True)
+    return [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
+
+
+@pytest.fixture(scope="module")
+def single(one_thread):
+    return scenarios(None, None)
+
+
+def equal(a, b):
+    if isinstance(a, tuple):
+        return all(equal(x, y) for x, y in zip(a, b, strict=True))
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["toy_refs", "toy_gradient", "toy_lrp", "rn_refs", "rn_gradient", "rn_lrp",
+                                  "toy_one_neuron", "toy_ten_images"])
+def test_every_rank_gets_the_one_process_result(ranks, single, name):
+    for r, got in enumerate(ranks):
+        assert equal(got[name], single[name]), f"rank {r}: {name} differs from one process"
+
+
+def test_the_work_is_split(ranks, single):
+    """Each rank reads about half of the images one process reads (none twice)."""
+    for what in ("references", "circuits"):
+        reads = [r[f"fresh_{what}_reads"] for r in ranks]
+        assert sum(reads) == single[f"fresh_{what}_reads"], what
+        assert max(reads) < 0.6 * single[f"fresh_{what}_reads"], (what, reads)
+
+
+def test_results_are_not_trivial(single):
+    assert single["toy_gradient"].abs().sum() > 0 and single["rn_lrp"].abs().sum() > 0
+    assert not torch.equal(single["rn_gradient"], single["rn_lrp"])
+
+
+def test_the_cache_holds_one_entry_per_result_under_the_one_process_name(ranks, single, tmp_path):
+    model, data = toy()
+    refs = pt.collect_references(model, Flaky(data), toyworld.LAYER, cache_dir=tmp_path, progress=False, **TOY)
+    pt.circuit_attributions(model, Flaky(data), toyworld.LAYER, toyworld.LOWER_LAYER, refs, cache_dir=tmp_path,
+                            progress=False, **TOY_CIRCUITS)
+    expected = sorted(p.name for p in tmp_path.iterdir())
+    assert len(expected) == 2
+    for got in ranks:
+        assert got["cache_files"] == expected
+        assert equal(got["cached_again"], single["toy_gradient"])
+        assert got["cached_reads"] <= 3  # the data set's fingerprint only: nothing recomputed
+
+
+def test_a_failing_rank_stops_the_others_and_a_rerun_resumes(ranks, single):
+    for what in ("references", "circuits"):
+        assert ranks[1][f"fail_{what}"].startswith("OSError: disk error"), ranks[1][f"fail_{what}"]
+        assert ranks[0][f"fail_{what}"].startswith("RankFailedError: Rank 1 of 2 failed (OSError: disk error")
+        assert max(r[f"fail_{what}_seconds"] for r in ranks) < 60  # stopped, not waiting for the timeout
+    # the ranks' partial work was kept: rank 0's finished shard / part, rank 1's checkpoints
+    assert any(n.startswith("references-") for n in ranks[0]["partial_references"])
+    assert {"circuits-partial-rank0of2", "circuits-partial-rank1of2"} <= {
+        n.rsplit("-", 1)[0] for n in ranks[0]["partial_circuits"]}
+    for got in ranks:
+        assert equal(got["resumed_references"], single["toy_refs"])
+        assert equal(got["resumed_circuits"], single["toy_gradient"])
+    # resumed: rank 0 reads only the fingerprints' images again, rank 1 skips what it had done
+    assert ranks[0]["resumed_references_reads"] < 20 and ranks[0]["resumed_circuits_reads"] < 20
+    for what in ("references", "circuits"):
+        assert ranks[1][f"resumed_{what}_reads"] < ranks[1][f"fresh_{what}_reads"] - 50
+    for got in ranks:  # only the final results are left
+        assert len(got["resume_files"]) == 2 and not any("partial" in n for n in got["resume_files"])
+
+
+def test_local_turns_it_off(ranks):
+    assert all(r["active"] and not r["local_active"] for r in ranks)
+
+
+def _crashing_worker(rank: int, tmp: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=60))
+    model, data = toy()
+    if rank == 1:
+        os._exit(3)  # dies without a word, as a killed process
+    start = time.perf_counter()
+    try:
+        pt.collect_references(model, data, toyworld.LAYER, progress=False, **TOY)
+        message = "no error"
+    except Exception as err:
+        message = f"{type(err).__name__}: {err}"
+    Path(tmp, "rank0.txt").write_text(f"{time.perf_counter() - start:.1f}\n{message}")
+
+
+def test_a_rank_that_dies_does_not_leave_the_others_waiting(tmp_path):
+    context = mp.spawn(_crashing_worker, args=(str(tmp_path),), nprocs=WORLD, join=False)
+    for process in context.processes:
+        process.join(120)
+    assert [p.exitcode for p in context.processes] == [0, 3]
+    seconds, message = (tmp_path / "rank0.txt").read_text().split("\n", 1)
+    assert message.startswith("RankFailedError: Rank 0 lost contact with the other ranks"), message
+    assert float(seconds) < 30  # well before the 60 s timeout: the broken connection is noticed
+
+
+# --------------------------------------------------------------------------- the pieces, in one process
+
+
+def test_shards_cover_the_data_set_once_in_whole_batches():
+    for n, batch, world in [(1001, 50, 2), (10, 16, 2), (7, 1, 3), (100, 7, 4), (1, 64, 8)]:
+        bounds = [distributed.shard_bounds(n, batch, r, world) for r in range(world)]
+        covered = [i for a, b in bounds for i in range(a, b)]
+        assert covered == list(range(n))
+        assert all(a % batch == 0 for a, b in bounds if b > a)
+        sizes = [b - a for a, b in bounds]
+        assert max(sizes) - min(sizes) <= batch
+
+
+def test_merging_shards_breaks_ties_like_the_streaming_merge():
+    """Many ties: the merged top-n of shards equals one process's collect_references."""
+    rng = random.Random(0)
+    for trial in range(20):
+        n, n_ref, batch, world = rng.randint(4, 40), None, rng.randint(1, 6), rng.randint(2, 4)
+        n_ref = rng.randint(1, n)
+        acts = torch.tensor([[float(rng.randint(0, 3)) for _ in range(3)] for _ in range(n)])  # [n, 3 channels]
+        data = TensorDataset(acts[:, :, None, None])
+        model = nn.Sequential(nn.Identity()).eval()
+        refs = pt.collect_references(model, data, "0", n_ref=n_ref, batch_size=batch, progress=False)
+        parts_v, parts_i = [], []
+        for r in range(world):
+            a, b = distributed.shard_bounds(n, batch, r, world)
+            v = torch.full((3, n_ref), float("-inf"))
+            i = torch.full((3, n_ref), n)
+            if b > a:
+                k = min(n_ref, b - a)
+                local = pt.collect_references(model, torch.utils.data.Subset(data, range(a, b)), "0", n_ref=k,
+                                              batch_size=batch, progress=False)
+                v[:, :k], i[:, :k] = local.values, local.indices + a
+            parts_v.append(v)
+            parts_i.append(i)
+        values, indices = distributed.merge_top(torch.cat(parts_v, 1), torch.cat(parts_i, 1), n_ref)
+        assert torch.equal(indices, refs.indices) and torch.equal(values, refs.values), trial
+        # the brute-force order: activation descending, then index ascending
+        brute = sorted(range(n), key=lambda j: (-acts[j, 0].item(), j))[:n_ref]
+        assert refs.indices[0].tolist() == brute
+
+
+def test_balance_deals_units_by_pair_count():
+    assert distributed.balance([10, 10, 10, 10], 2) == [[0, 2], [1, 3]]
+    loads = [sum(p for u, p in enumerate([90, 5, 40, 40, 3, 2]) if u in units)
+             for units in distributed.balance([90, 5, 40, 40, 3, 2], 2)]
+    assert sorted(loads) == [90, 90]
+
+
+def test_without_a_process_group_nothing_changes():
+    assert not distributed.active() and distributed.rank() == 0 and distributed.world_size() == 1
+    assert distributed.setup("cpu") == torch.device("cpu")
