@@ -17,6 +17,7 @@ from .evaluate import (
     polysemanticity_scores,
     rank_polysemantic,
 )
+from .labels import clip_text_labels, concept_labels
 from .models import (
     canonizer_report,
     canonizers_for,
@@ -44,6 +45,7 @@ from .plots import (
     virtual_neuron_grids,
 )
 from .references import References, collect_references
+from .routing import edit_virtual_neurons, route_images, virtual_activations, virtual_heatmaps
 from .virtual import VirtualNeurons, activation_features
 
 __all__ = [
@@ -93,4 +95,10 @@ __all__ = [
     "subnetwork",
     "umap_embedding",
     "virtual_neuron_grids",
+    "clip_text_labels",
+    "concept_labels",
+    "edit_virtual_neurons",
+    "route_images",
+    "virtual_activations",
+    "virtual_heatmaps",
 ]

@@ -21,7 +21,14 @@ from torch.utils.data import Dataset, TensorDataset
 from .circuits import circuit_attributions, normalize_circuits, subnetwork
 from .errors import PuretoolsError
 from .models import get_module, lrp_composite
-from .references import _capture, check_images, collate_images, forward_to, prepare_model, resolve_device
+from .references import (
+    _capture,
+    check_images,
+    collate_images,
+    forward_to,
+    prepare_model,
+    resolve_device,
+)
 from .virtual import VirtualNeurons
 
 __all__ = [
