@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from .circuits import circuit_attributions, memory_plan, subnetwork
+from .editing import edit_virtual_neurons
 from .embed import ClipEmbedder, ConceptEmbedder, DinoEmbedder, Embedder, embed_dataset
 from .errors import CacheError, PuretoolsError, WeightsNotFoundError
 from .evaluate import (
@@ -45,7 +46,7 @@ from .plots import (
     virtual_neuron_grids,
 )
 from .references import References, collect_references
-from .routing import edit_virtual_neurons, route_images, virtual_activations, virtual_heatmaps
+from .routing import route_images, virtual_activations, virtual_heatmaps
 from .virtual import VirtualNeurons, activation_features
 
 __all__ = [

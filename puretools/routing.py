@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from .circuits import circuit_attributions, normalize_circuits, subnetwork
+from .circuits import circuit_attributions
 from .errors import PuretoolsError
 from .models import get_module, lrp_composite
 from .references import (
@@ -33,8 +32,8 @@ from .virtual import VirtualNeurons
 
 __all__ = [
     "Routes",
-    "VirtualEdit",
-    "edit_virtual_neurons",
+    "conditional_heatmaps",
+    "partition_conditions",
     "route_images",
     "virtual_activations",
     "virtual_conditions",
@@ -232,9 +231,97 @@ def virtual_conditions(vn: VirtualNeurons, neuron: int) -> torch.Tensor:
             [ True, False, False]])
     """
     _check_fitted(vn)
-    centroids = vn.centroids[vn.position(neuron)]
-    owner = centroids.argmax(0)
-    return owner[None] == torch.arange(len(centroids))[:, None]
+    return partition_conditions(vn.centroids[vn.position(neuron)])
+
+
+def partition_conditions(centroids: torch.Tensor) -> torch.Tensor:
+    """The channel partition of :func:`virtual_conditions` from centroids [k, C_lower] directly.
+
+    Examples
+    --------
+    >>> partition_conditions(torch.tensor([[0.5, 0.1, 0.0], [0.2, 0.3, 0.6]]))
+    tensor([[ True, False, False],
+            [False,  True,  True]])
+    """
+    centroids = torch.as_tensor(centroids)
+    if centroids.ndim != 2:
+        raise PuretoolsError(f"centroids must have shape [k, C_lower], got {tuple(centroids.shape)}.")
+    return centroids.argmax(0)[None] == torch.arange(len(centroids))[:, None]
+
+
+def conditional_heatmaps(
+    model: nn.Module,
+    images: torch.Tensor | Dataset,
+    layer: str,
+    lower_layer: str,
+    neuron: int,
+    conditions: torch.Tensor,
+    method: Method = "gradient",
+    device: str | torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Heatmaps of ``neuron`` with the relevance at ``lower_layer`` weighted by each condition.
+
+    The engine behind :func:`virtual_heatmaps` (which documents the method); one forward
+    pass and one backward pass to ``lower_layer`` for all images, then one backward pass to
+    the input per condition.
+
+    Parameters
+    ----------
+    neuron : int
+        Channel of ``layer``.
+    conditions : Tensor [n_cond, C_lower]
+        Weight of each lower channel per condition (0/1 for CRP's channel conditions).
+
+    Returns
+    -------
+    (Tensor [n_cond, M, H, W], Tensor [M, H, W])
+        The conditional heatmaps and the unconditioned heatmap of the neuron.
+
+    Examples
+    --------
+    >>> import torch, torch.nn as nn
+    >>> model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, padding=1)).eval()
+    >>> cond = torch.tensor([[1.0, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]])  # two halves of the 6 channels
+    >>> heat, full = conditional_heatmaps(model, torch.randn(2, 3, 8, 8), "2", "1", 3, cond)
+    >>> heat.shape, torch.allclose(heat.sum(0), full, atol=1e-5)
+    (torch.Size([2, 2, 8, 8]), True)
+    """
+    _check_method(method)
+    masks = torch.as_tensor(conditions).float()
+    x = _as_images(images)
+    device = resolve_device(device, model)
+    model = prepare_model(model, device)
+    check_images(x, model)
+    composite = lrp_composite(model) if method == "lrp" else None
+    store, handle = _capture(get_module(model, lower_layer), stop=False)
+    try:
+        with composite.context(model) if composite else contextlib.nullcontext(), torch.enable_grad():
+            xg = x.to(device).detach().requires_grad_(True)
+            y = forward_to(model, layer, xg)
+            if "out" not in store:
+                raise PuretoolsError(f"Layer {lower_layer!r} did not run before {layer!r}.")
+            low = store["out"]
+            if masks.ndim != 2 or masks.shape[1] != low.shape[1]:
+                raise PuretoolsError(
+                    f"conditions must have shape [n_conditions, {low.shape[1]}] ({lower_layer!r} has "
+                    f"{low.shape[1]} channels), got {tuple(masks.shape)}: was vn fitted on another lower layer?"
+                )
+            if not 0 <= neuron < y.shape[1]:
+                raise PuretoolsError(f"neuron={neuron} is out of range: {layer!r} has {y.shape[1]} channels.")
+            init = torch.zeros_like(y)
+            init[:, neuron] = y[:, neuron].detach().clamp(min=0)
+            (grad_low,) = torch.autograd.grad(y, low, init, retain_graph=True)
+            shape = (1, low.shape[1]) + (1,) * (grad_low.ndim - 2)
+            rows = [masks[j].to(device).view(shape) for j in range(len(masks))] + [None]
+            heats = []
+            for r, weight in enumerate(rows):
+                g = grad_low if weight is None else grad_low * weight
+                (grad_x,) = torch.autograd.grad(low, xg, g, retain_graph=r < len(rows) - 1)
+                rel = grad_x * xg.detach() if method == "gradient" else grad_x
+                heats.append(rel.detach().float().sum(1).cpu())
+    finally:
+        handle.remove()
+    return torch.stack(heats[:-1]), heats[-1]
 
 
 def virtual_heatmaps(
@@ -293,192 +380,7 @@ def virtual_heatmaps(
     """
     _check_fitted(vn)
     _check_method(method)
-    pos = vn.position(neuron)
-    masks = (virtual_conditions(vn, neuron) if conditions is None else torch.as_tensor(conditions)).float()
-    n_lower = vn.centroids[pos].shape[1]
-    if masks.ndim != 2 or masks.shape[1] != n_lower:
-        raise PuretoolsError(f"conditions must have shape [k, {n_lower}] (one row per virtual neuron), got {tuple(masks.shape)}.")
-    x = _as_images(images)
-    device = resolve_device(device, model)
-    model = prepare_model(model, device)
-    check_images(x, model)
-    composite = lrp_composite(model) if method == "lrp" else None
-    store, handle = _capture(get_module(model, lower_layer), stop=False)
-    try:
-        with composite.context(model) if composite else contextlib.nullcontext(), torch.enable_grad():
-            xg = x.to(device).detach().requires_grad_(True)
-            y = forward_to(model, layer, xg)
-            if "out" not in store:
-                raise PuretoolsError(f"Layer {lower_layer!r} did not run before {layer!r}.")
-            low = store["out"]
-            if low.shape[1] != n_lower:
-                raise PuretoolsError(
-                    f"{lower_layer!r} has {low.shape[1]} channels but the circuits of vn have {n_lower}: "
-                    "was vn fitted on another lower layer?"
-                )
-            init = torch.zeros_like(y)
-            init[:, neuron] = y[:, neuron].detach().clamp(min=0)
-            (grad_low,) = torch.autograd.grad(y, low, init, retain_graph=True)
-            shape = (1, n_lower) + (1,) * (grad_low.ndim - 2)
-            rows = [masks[j].to(device).view(shape) for j in range(len(masks))]
-            if return_full:
-                rows.append(torch.ones(shape, device=device))
-            heats = []
-            for r, weight in enumerate(rows):
-                (grad_x,) = torch.autograd.grad(low, xg, grad_low * weight, retain_graph=r < len(rows) - 1)
-                rel = grad_x * xg.detach() if method == "gradient" else grad_x
-                heats.append(rel.detach().float().sum(1).cpu())
-    finally:
-        handle.remove()
-    out = torch.stack(heats[: len(masks)])
-    return (out, heats[-1]) if return_full else out
-
-
-# --------------------------------------------------------------------------------- editing
-
-
-class VirtualEdit:
-    """Hooks that switch virtual neurons off; a context manager (``with`` removes them).
-
-    Made by :func:`edit_virtual_neurons`. While active, every forward pass of the model
-    computes each input's circuit for the edited neurons (from the lower layer's output of
-    that same pass), routes it with ``vn.assign`` and sets the activation map of the neuron to
-    exactly 0 for inputs routed to a suppressed virtual neuron. Every other value of the
-    layer's output is passed on unchanged (the same tensor when no input is routed there).
-
-    Attributes
-    ----------
-    model : nn.Module
-        The edited model (the same object, with hooks).
-    last_routes : dict int -> LongTensor [M]
-        Virtual neuron of each input of the last forward pass, per edited neuron.
-    last_suppressed : dict int -> BoolTensor [M]
-        Which inputs had the neuron zeroed in the last forward pass.
-    """
-
-    def __init__(self, model: nn.Module, layer: str, lower_layer: str, vn: VirtualNeurons,
-                 suppress: dict[int, list[int]], method: Method) -> None:  # fmt: skip
-        self.model, self.layer, self.lower_layer, self.vn = model, layer, lower_layer, vn
-        self.suppress, self.method = suppress, method
-        self.last_routes: dict[int, torch.Tensor] = {}
-        self.last_suppressed: dict[int, torch.Tensor] = {}
-        self._sub = subnetwork(model, lower_layer, layer)
-        self._busy = False
-        self._lower: torch.Tensor | None = None
-        self._handles = [
-            get_module(model, lower_layer).register_forward_hook(self._keep_lower),
-            get_module(model, layer).register_forward_hook(self._edit),
-        ]
-
-    def _keep_lower(self, _module, _inputs, output) -> None:
-        if not self._busy:
-            self._lower = output.detach().clone()  # safe from in-place ops further up
-
-    def circuits(self, lower: torch.Tensor, neuron: int) -> torch.Tensor:
-        """Circuits [M, C_lower] of ``neuron`` from the lower-layer activations ``lower``."""
-        composite = lrp_composite(self.model) if self.method == "lrp" else None
-        self._busy = True
-        try:
-            with torch.inference_mode(False), torch.enable_grad(), (
-                composite.context(self.model) if composite else contextlib.nullcontext()
-            ):
-                x = lower.detach().clone().requires_grad_(True)
-                y = self._sub(x)
-                grad_out = torch.zeros_like(y)
-                grad_out[:, neuron] = y[:, neuron].detach().clamp(min=0)
-                (grad,) = torch.autograd.grad(y, x, grad_out)
-                rel = grad * x.detach() if self.method == "gradient" else grad
-                rel = rel.float().flatten(2).sum(-1) if rel.ndim > 2 else rel.float()
-        finally:
-            self._busy = False
-        return normalize_circuits(rel.detach().cpu())
-
-    def _edit(self, _module, _inputs, output):
-        if self._busy:
-            return None
-        if self._lower is None:
-            raise PuretoolsError(f"{self.lower_layer!r} did not run before {self.layer!r} in this forward pass.")
-        lower, self._lower = self._lower, None
-        edited = None
-        for neuron, ids in self.suppress.items():
-            pos = self.vn.position(neuron)
-            routes = self.vn.assign(self.circuits(lower, neuron), neuron=pos)
-            hit = torch.isin(routes, torch.as_tensor(ids, dtype=torch.long))
-            self.last_routes[neuron], self.last_suppressed[neuron] = routes, hit
-            if hit.any():
-                if edited is None:
-                    edited = output.clone()
-                edited[hit.to(output.device), neuron] = 0
-        return edited  # None keeps the original output object
-
-    def remove(self) -> None:
-        """Remove the hooks: the model behaves as before the edit."""
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-    def __enter__(self) -> nn.Module:
-        return self.model
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
-
-
-def edit_virtual_neurons(
-    model: nn.Module,
-    layer: str,
-    lower_layer: str,
-    vn: VirtualNeurons,
-    suppress: Mapping[int, Sequence[int] | int],
-    method: Method = "gradient",
-) -> VirtualEdit:
-    """Switch off virtual neurons: zero a neuron exactly for the inputs routed to them.
-
-    Registers forward hooks on ``lower_layer`` and ``layer`` of ``model`` (no copy). For each
-    input of a forward pass and each neuron in ``suppress``, the input's circuit is computed
-    from that pass's lower-layer activations (same formula as
-    :func:`puretools.circuit_attributions` with ``method``), routed to the nearest centroid,
-    and if that virtual neuron is suppressed the neuron's whole activation map at ``layer`` is
-    set to 0 for that input. All other inputs, and all other channels, are untouched (bit
-    for bit). Use as a context manager, or call ``.remove()``.
-
-    Parameters
-    ----------
-    suppress : dict neuron -> list of virtual-neuron ids (or one id)
-        Neurons are channels of ``layer`` that ``vn`` was fitted for.
-    method : {"gradient", "lrp"}
-        How the routing circuits are computed (use the fit's method).
-
-    Returns
-    -------
-    VirtualEdit
-        ``with edit_virtual_neurons(...) as edited_model: ...``.
-
-    Examples
-    --------
-    >>> import torch, torch.nn as nn
-    >>> model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 4, 3), nn.ReLU(),
-    ...                       nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
-    >>> vn = VirtualNeurons().fit(torch.rand(10, 6), k=2, neurons=[1])
-    >>> x = torch.randn(8, 3, 8, 8)
-    >>> with edit_virtual_neurons(model, "3", "1", vn, suppress={1: [0]}) as edited:
-    ...     out = edited(x)
-    >>> routed = virtual_activations(model, x, "3", "1", vn)[:, 0, 0] > 0  # images routed to 0
-    >>> bool((out[routed, 1] == 0).all()), torch.equal(out[~routed], model(x)[~routed])
-    (True, True)
-    """
-    _check_fitted(vn)
-    _check_method(method)
-    get_module(model, layer)
-    get_module(model, lower_layer)
-    clean: dict[int, list[int]] = {}
-    for neuron, ids in suppress.items():
-        k = vn.ks[vn.position(int(neuron))]
-        ids_list = [int(ids)] if isinstance(ids, int) else [int(i) for i in ids]
-        bad = [i for i in ids_list if not 0 <= i < k]
-        if bad:
-            raise PuretoolsError(f"Neuron {neuron} has {k} virtual neurons (0..{k - 1}); cannot suppress {bad}.")
-        clean[int(neuron)] = ids_list
-    if model.training:
-        prepare_model(model, resolve_device(None, model))
-    return VirtualEdit(model, layer, lower_layer, vn, clean, method)
+    vn.position(neuron)
+    masks = virtual_conditions(vn, neuron) if conditions is None else torch.as_tensor(conditions)
+    heat, full = conditional_heatmaps(model, images, layer, lower_layer, neuron, masks, method, device)
+    return (heat, full) if return_full else heat

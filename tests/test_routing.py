@@ -10,8 +10,8 @@ from crp.attribution import CondAttribution
 
 import puretools as pt
 from puretools import toyworld
+from puretools.editing import edit_virtual_neurons
 from puretools.routing import (
-    edit_virtual_neurons,
     route_images,
     virtual_activations,
     virtual_conditions,
