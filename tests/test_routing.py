@@ -189,17 +189,3 @@ def test_lrp_heatmaps_match_zennit_crp_conditions(toy):
         model.requires_grad_(True)  # CondAttribution switches parameter gradients off
     scale = full.abs().amax()
     assert (heat.sum(0) - full).abs().max() <= 1e-4 * scale
-
-
-def test_fit_remembers_neurons_and_rejects_fractional_k():
-    circuits = torch.rand(2, 10, 4)
-    vn = pt.VirtualNeurons().fit(circuits, k=2, neurons=[6, 3], layer="layer4", lower_layer="layer3")
-    assert vn.neurons == [6, 3] and vn.position(3) == 1 and (vn.layer, vn.lower_layer) == ("layer4", "layer3")
-    assert pt.VirtualNeurons().fit(circuits, k=2).neurons == [0, 1]
-    for bad in (2.5, [2, 2.5], True):
-        with pytest.raises(pt.PuretoolsError, match="int"):
-            pt.VirtualNeurons().fit(circuits, k=bad)
-    with pytest.raises(pt.PuretoolsError, match="2 neuron ids|one id per row"):
-        pt.VirtualNeurons().fit(circuits, k=2, neurons=[1, 2, 3])
-    with pytest.raises(pt.PuretoolsError, match="distinct"):
-        pt.VirtualNeurons().fit(circuits, k=2, neurons=[1, 1])
