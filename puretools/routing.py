@@ -258,12 +258,15 @@ def conditional_heatmaps(
     conditions: torch.Tensor,
     method: Method = "gradient",
     device: str | torch.device | None = None,
+    batch_size: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Heatmaps of ``neuron`` with the relevance at ``lower_layer`` weighted by each condition.
 
-    The engine behind :func:`virtual_heatmaps` (which documents the method); one forward
-    pass and one backward pass to ``lower_layer`` for all images, then one backward pass to
-    the input per condition.
+    The engine behind :func:`virtual_heatmaps` (which documents the method). The images are
+    repeated once per condition (plus once without condition) into batches of about
+    ``batch_size`` rows; each batch takes one forward pass, one backward pass to
+    ``lower_layer`` and, with each row's relevance there weighted by its condition, one
+    backward pass to the input.
 
     Parameters
     ----------
@@ -271,6 +274,8 @@ def conditional_heatmaps(
         Channel of ``layer``.
     conditions : Tensor [n_cond, C_lower]
         Weight of each lower channel per condition (0/1 for CRP's channel conditions).
+    batch_size : int
+        Rows (images x conditions) per pass; at least one condition per pass.
 
     Returns
     -------
@@ -287,41 +292,48 @@ def conditional_heatmaps(
     (torch.Size([2, 2, 8, 8]), True)
     """
     _check_method(method)
+    if batch_size < 1:
+        raise PuretoolsError(f"batch_size must be a positive integer, got {batch_size}.")
     masks = torch.as_tensor(conditions).float()
     x = _as_images(images)
     device = resolve_device(device, model)
     model = prepare_model(model, device)
     check_images(x, model)
+    if masks.ndim != 2:
+        raise PuretoolsError(f"conditions must have shape [n_conditions, C_lower], got {tuple(masks.shape)}.")
+    rows = torch.cat([masks, torch.ones(1, masks.shape[1])])  # the last row: no condition
+    m = len(x)
+    per_pass = max(1, batch_size // max(m, 1))  # conditions per pass: images x conditions rows
     composite = lrp_composite(model) if method == "lrp" else None
     store, handle = _capture(get_module(model, lower_layer), stop=False)
+    heats = []
     try:
         with composite.context(model) if composite else contextlib.nullcontext(), torch.enable_grad():
-            xg = x.to(device).detach().requires_grad_(True)
-            y = forward_to(model, layer, xg)
-            if "out" not in store:
-                raise PuretoolsError(f"Layer {lower_layer!r} did not run before {layer!r}.")
-            low = store["out"]
-            if masks.ndim != 2 or masks.shape[1] != low.shape[1]:
-                raise PuretoolsError(
-                    f"conditions must have shape [n_conditions, {low.shape[1]}] ({lower_layer!r} has "
-                    f"{low.shape[1]} channels), got {tuple(masks.shape)}: was vn fitted on another lower layer?"
-                )
-            if not 0 <= neuron < y.shape[1]:
-                raise PuretoolsError(f"neuron={neuron} is out of range: {layer!r} has {y.shape[1]} channels.")
-            init = torch.zeros_like(y)
-            init[:, neuron] = y[:, neuron].detach().clamp(min=0)
-            (grad_low,) = torch.autograd.grad(y, low, init, retain_graph=True)
-            shape = (1, low.shape[1]) + (1,) * (grad_low.ndim - 2)
-            rows = [masks[j].to(device).view(shape) for j in range(len(masks))] + [None]
-            heats = []
-            for r, weight in enumerate(rows):
-                g = grad_low if weight is None else grad_low * weight
-                (grad_x,) = torch.autograd.grad(low, xg, g, retain_graph=r < len(rows) - 1)
+            for c0 in range(0, len(rows), per_pass):
+                block = rows[c0 : c0 + per_pass].to(device)  # [n, C_lower]
+                xg = x.to(device).repeat(len(block), *([1] * (x.ndim - 1))).detach().requires_grad_(True)
+                y = forward_to(model, layer, xg)  # row c * m + i: condition c, image i
+                if "out" not in store:
+                    raise PuretoolsError(f"Layer {lower_layer!r} did not run before {layer!r}.")
+                low = store.pop("out")
+                if low.shape[1] != masks.shape[1]:
+                    raise PuretoolsError(
+                        f"conditions must have shape [n_conditions, {low.shape[1]}] ({lower_layer!r} has "
+                        f"{low.shape[1]} channels), got {tuple(masks.shape)}: was vn fitted on another lower layer?"
+                    )
+                if not 0 <= neuron < y.shape[1]:
+                    raise PuretoolsError(f"neuron={neuron} is out of range: {layer!r} has {y.shape[1]} channels.")
+                init = torch.zeros_like(y)
+                init[:, neuron] = y[:, neuron].detach().clamp(min=0)
+                (grad_low,) = torch.autograd.grad(y, low, init, retain_graph=True)
+                weight = block.repeat_interleave(m, 0).view(len(block) * m, -1, *([1] * (grad_low.ndim - 2)))
+                (grad_x,) = torch.autograd.grad(low, xg, grad_low * weight)
                 rel = grad_x * xg.detach() if method == "gradient" else grad_x
-                heats.append(rel.detach().float().sum(1).cpu())
+                heats.append(rel.detach().float().sum(1).cpu().view(len(block), m, *rel.shape[2:]))
     finally:
         handle.remove()
-    return torch.stack(heats[:-1]), heats[-1]
+    out = torch.cat(heats)
+    return out[:-1], out[-1]
 
 
 def virtual_heatmaps(

@@ -156,7 +156,8 @@ def prepare_explorer(
     heatmaps : bool
         Precompute the virtual-neuron heatmaps view: for every neuron and k, the most
         activating reference of each PURE virtual neuron with the heatmap of every virtual
-        neuron on it (:func:`puretools.virtual_heatmaps`; one forward pass per neuron).
+        neuron on it (:func:`puretools.virtual_heatmaps`; k x (k + 1) rows of one batched
+        pass per neuron and k).
     heatmap_method : {"lrp", "gradient"}
     """
     from .toyworld import dominant_concepts
@@ -220,26 +221,16 @@ def prepare_explorer(
 
 def _precompute_heatmaps(data: ExplorerData, position: int, model: nn.Module, dataset: Dataset, layer: str,
                          lower_layer: str, ref_idx: torch.Tensor, max_k: int, denormalize, method: str) -> None:  # fmt: skip
-    """All k's heatmap views of one neuron from one forward pass over the images they show."""
+    """The heatmap views of one neuron for k = 1..max_k: k images x (k conditions + none) per k."""
     circuits = data.features["PURE"][position].float()
-    plans, conditions = [], []
     for k in range(1, max_k + 1):
         labels = torch.from_numpy(data.labels(position, "PURE", k))
         centroids = torch.stack([circuits[labels == j].mean(0) for j in range(k)])  # k-means centres
         members = [int(torch.nonzero(labels == j)[0]) for j in range(k)]  # references are best first
-        plans.append((k, members, len(conditions)))
-        conditions.extend(partition_conditions(centroids).float())
-    shown = sorted({m for _, members, _ in plans for m in members})
-    images = collate_images([dataset[int(ref_idx[m])] for m in shown])
-    heat, full = conditional_heatmaps(model, images, layer, lower_layer, data.neurons[position],
-                                      torch.stack(conditions), method=method)  # fmt: skip
-    shown_images = denormalize(images).clamp(0, 1)
-    where = {m: i for i, m in enumerate(shown)}
-    for k, members, first in plans:
-        cols = torch.tensor([where[m] for m in members])
-        data.heatmaps[(position, k)] = VirtualHeatmapView(
-            members, shown_images[cols], full[cols], heat[first : first + k][:, cols]
-        )
+        images = collate_images([dataset[int(ref_idx[m])] for m in members])
+        heat, full = conditional_heatmaps(model, images, layer, lower_layer, data.neurons[position],
+                                          partition_conditions(centroids), method=method)  # fmt: skip
+        data.heatmaps[(position, k)] = VirtualHeatmapView(members, denormalize(images).clamp(0, 1), full, heat)
 
 
 def _project(features: torch.Tensor, use_umap: bool, seed: int) -> np.ndarray:
