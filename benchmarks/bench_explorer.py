@@ -25,8 +25,9 @@ from puretools.widgets import Explorer, prepare_explorer
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few neurons, PCA instead of UMAP")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2; 1 on a busy machine)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     model = pt.load_model("toy")
     data = toyworld.ToyWorld(split="test")
     cache = tempfile.mkdtemp()

@@ -29,6 +29,7 @@ __all__ = [
     "explorer_figure",
     "explorer_heatmap_figure",
     "explorer_scores",
+    "heatmap_mosaic",
     "prepare_explorer",
 ]
 
@@ -308,12 +309,35 @@ def explorer_figure(
     return fig
 
 
+def heatmap_mosaic(view: VirtualHeatmapView, pad: int = 2) -> np.ndarray:
+    """The view as one RGB mosaic [k (H + pad), (k + 2) (W + pad), 3] in [0, 1].
+
+    Row i: the image, the whole neuron's heatmap and the k virtual heatmaps on it, coloured
+    with ``bwr`` on one symmetric scale per row (``max |relevance|`` of the row).
+    """
+    import matplotlib
+
+    cmap = matplotlib.colormaps["bwr"]
+    k, _, h, w = view.images.shape
+    out = np.ones((k * (h + pad), (k + 2) * (w + pad), 3))
+    for i in range(k):
+        row = [view.full[i]] + [view.virtual[j, i] for j in range(k)]
+        scale = max(float(t.abs().max()) for t in row) or 1.0
+        tiles = [view.images[i].permute(1, 2, 0).numpy()] + [
+            cmap((t.numpy() / scale + 1) / 2)[..., :3] for t in row
+        ]
+        for c, tile in enumerate(tiles):
+            y, x = i * (h + pad), c * (w + pad)
+            out[y : y + h, x : x + w] = tile
+    return out
+
+
 def explorer_heatmap_figure(data: ExplorerData, position: int, k: int):
     """The explorer's virtual-heatmap view: per virtual neuron, its top reference with every heatmap.
 
     Row i shows the most activating reference of PURE virtual neuron i, the whole neuron's
     heatmap on it, and the heatmap of each virtual neuron j (CRP restricted to j's circuit at
-    the lower layer), all with one colour scale per row (red positive, blue negative).
+    the lower layer), all with one colour scale per row (:func:`heatmap_mosaic`).
 
     Returns
     -------
@@ -330,23 +354,26 @@ def explorer_heatmap_figure(data: ExplorerData, position: int, k: int):
         raise PuretoolsError(
             f"No virtual heatmaps for position {position}, k={k}: run prepare_explorer(..., heatmaps=True, max_k>={k})."
         )
+    mosaic = heatmap_mosaic(view)
+    h, w = view.images.shape[-2:]
     colors = cluster_colors(k)
-    fig, axes = plt.subplots(k, k + 2, figsize=(1.5 * (k + 2) + 0.6, 1.5 * k + 0.5), dpi=80, squeeze=False)
-    for i in range(k):
-        row = [view.full[i]] + [view.virtual[j, i] for j in range(k)]
-        scale = max(float(h.abs().max()) for h in row) or 1.0
-        axes[i, 0].imshow(view.images[i].permute(1, 2, 0).numpy())
-        axes[i, 0].set_ylabel(f"top ref. of\nvirtual {i}", color=colors[i], fontsize=8)
-        for c, h in enumerate(row, start=1):
-            axes[i, c].imshow(h.numpy(), cmap="bwr", vmin=-scale, vmax=scale)
-            if i == 0:
-                axes[i, c].set_title("whole neuron" if c == 1 else f"virtual {c - 2}", fontsize=8,
-                                     color="k" if c == 1 else colors[c - 2])  # fmt: skip
-        for ax in axes[i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.suptitle(f"neuron {data.neurons[position]}: heatmap of each PURE virtual neuron (k = {k}); "
-                 "the virtual heatmaps of a row sum to the whole neuron's", fontsize=9)  # fmt: skip
+    fig, ax = plt.subplots(figsize=(1.3 * (k + 2) + 1.6, 1.3 * k + 0.9), dpi=80)
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_xticks([(c + 0.5) * (w + 2) - 1 for c in range(k + 2)],
+                  ["image", "whole neuron"] + [f"virtual {j}" for j in range(k)], fontsize=8)  # fmt: skip
+    ax.set_yticks([(i + 0.5) * (h + 2) - 1 for i in range(k)], [f"top ref. of\nvirtual {i}" for i in range(k)],
+                  fontsize=8)  # fmt: skip
+    for j, label in enumerate(ax.get_xticklabels()[2:]):
+        label.set_color(colors[j])
+    for i, label in enumerate(ax.get_yticklabels()):
+        label.set_color(colors[i])
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(f"neuron {data.neurons[position]}, k = {k}: heatmap of each PURE virtual neuron; a row's virtual "
+                 "heatmaps sum to its whole-neuron heatmap\n(red: positive, blue: negative relevance, "
+                 "one symmetric scale per row)", fontsize=8)  # fmt: skip
     return fig
 
 

@@ -144,7 +144,18 @@ def test_explorer_heatmap_view(vgg, small_images):
     explorer.view.value = "virtual heatmaps"
     assert explorer.image.value != png
     fig = explorer_heatmap_figure(data, 0, 3)
-    assert len(fig.axes) == 3 * 5  # k rows of image, whole neuron and k virtual heatmaps
+    mosaic = fig.axes[0].images[0].get_array()
+    assert mosaic.shape == (3 * 50, 5 * 50, 3)  # k rows of: image, whole neuron, k virtual heatmaps
+    view = data.heatmaps[(0, 3)]
+    np.testing.assert_allclose(mosaic[50:98, :48], view.images[1].permute(1, 2, 0).numpy())
+    scale = max(float(view.full[1].abs().max()), float(view.virtual[:, 1].abs().max()))
+    import matplotlib
+
+    tile = matplotlib.colormaps["bwr"]((view.virtual[2, 1].numpy() / scale + 1) / 2)[..., :3]
+    np.testing.assert_allclose(mosaic[50:98, 200:248], tile)  # virtual 2 on the image of row 1, row scale
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["image", "whole neuron", "virtual 0",
+                                                                    "virtual 1", "virtual 2"]
+    assert scale > 0
     no_heat = prepare_explorer(vgg, small_images, "features.9", "features.6", refs, neurons=[0],
                                denormalize=lambda x: x.clamp(0, 1), patch_size=16, umap=False, max_k=2,
                                progress=False, heatmaps=False)
