@@ -189,3 +189,23 @@ def test_lrp_heatmaps_match_zennit_crp_conditions(toy):
         model.requires_grad_(True)  # CondAttribution switches parameter gradients off
     scale = full.abs().amax()
     assert (heat.sum(0) - full).abs().max() <= 1e-4 * scale
+
+
+def test_lrp_edit_routes_like_the_lrp_circuit_engine(toy):
+    model, _, images = toy
+    data = toyworld.ToyWorld("test", n=600)
+    refs = pt.collect_references(model, data, LAYER, n_ref=30, progress=False)
+    circuits = pt.circuit_attributions(model, data, LAYER, LOWER, refs, neurons=[4], method="lrp", progress=False)
+    vn = pt.VirtualNeurons().fit(circuits, k=2, neurons=[4])
+    routes = route_images(model, images, LAYER, LOWER, vn, method="lrp").routes[0]
+    with torch.inference_mode():
+        before = model(images)
+    edit = edit_virtual_neurons(model, LAYER, LOWER, vn, suppress={4: [1]}, method="lrp")
+    with edit as edited, torch.inference_mode():
+        after = edited(images)
+    hit = routes == 1
+    assert torch.equal(edit.last_routes[4], routes) and torch.equal(edit.last_suppressed[4], hit)
+    assert 0 < int(hit.sum()) < len(images)
+    assert torch.equal(after[~hit], before[~hit]) and not torch.equal(after[hit], before[hit])
+    with torch.inference_mode():
+        assert torch.equal(model(images), before)  # hooks and canonizers are gone
