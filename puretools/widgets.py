@@ -310,7 +310,7 @@ def explorer_figure(
 
 
 def heatmap_mosaic(view: VirtualHeatmapView, pad: int = 2) -> np.ndarray:
-    """The view as one RGB mosaic [k (H + pad), (k + 2) (W + pad), 3] in [0, 1].
+    """The view as one RGB mosaic [k (H + pad), (k + 2) (W + pad), 3] in [0, 1], grey between tiles.
 
     Row i: the image, the whole neuron's heatmap and the k virtual heatmaps on it, coloured
     with ``bwr`` on one symmetric scale per row (``max |relevance|`` of the row).
@@ -319,7 +319,7 @@ def heatmap_mosaic(view: VirtualHeatmapView, pad: int = 2) -> np.ndarray:
 
     cmap = matplotlib.colormaps["bwr"]
     k, _, h, w = view.images.shape
-    out = np.ones((k * (h + pad), (k + 2) * (w + pad), 3))
+    out = np.full((k * (h + pad), (k + 2) * (w + pad), 3), 0.75)  # grey gaps between tiles
     for i in range(k):
         row = [view.full[i]] + [view.virtual[j, i] for j in range(k)]
         scale = max(float(t.abs().max()) for t in row) or 1.0
