@@ -40,6 +40,7 @@ def main() -> None:
         umap=not args.quick, cache_dir=cache, progress=False,
     )
     precompute = time.perf_counter() - t
+    torch.set_num_threads(args.threads)  # importing UMAP's numba may have changed it
     t = time.perf_counter()  # the same again from the cache, without the heatmap view, to price it
     prepare_explorer(
         model, data, toyworld.LAYER, toyworld.LOWER_LAYER, refs, neurons=neurons,
