@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from .circuits import circuit_attributions, memory_plan, subnetwork
+from .editing import edit_virtual_neurons
 from .embed import ClipEmbedder, ConceptEmbedder, DinoEmbedder, Embedder, embed_dataset
 from .errors import CacheError, PuretoolsError, WeightsNotFoundError
 from .evaluate import (
@@ -17,6 +18,7 @@ from .evaluate import (
     polysemanticity_scores,
     rank_polysemantic,
 )
+from .labels import clip_text_labels, concept_labels
 from .models import (
     canonizer_report,
     canonizers_for,
@@ -44,6 +46,7 @@ from .plots import (
     virtual_neuron_grids,
 )
 from .references import References, check_references, collect_references
+from .routing import route_images, virtual_activations, virtual_heatmaps
 from .virtual import VirtualNeurons, activation_features
 
 __all__ = [
@@ -94,4 +97,10 @@ __all__ = [
     "subnetwork",
     "umap_embedding",
     "virtual_neuron_grids",
+    "clip_text_labels",
+    "concept_labels",
+    "edit_virtual_neurons",
+    "route_images",
+    "virtual_activations",
+    "virtual_heatmaps",
 ]

@@ -85,6 +85,10 @@ class VirtualNeurons:
         k per neuron.
     silhouettes : list of dict
         With ``k="auto"``: silhouette score per candidate k, per neuron.
+    neurons : list of int
+        Channel of ``layer`` that each fitted row is (default ``0..N-1``).
+    layer, lower_layer : str or None
+        Names of the layer and the lower layer the circuits came from, if given to :meth:`fit`.
 
     Examples
     --------
@@ -94,6 +98,9 @@ class VirtualNeurons:
     (torch.Size([3, 20]), [2, 2, 2])
     >>> bool((vn.assign(circuits) == vn.labels).all())
     True
+    >>> vn = VirtualNeurons().fit(circuits[:2], k=2, neurons=[5, 7])  # rows are channels 5 and 7
+    >>> vn.neurons, vn.position(7), vn.max_k
+    ([5, 7], 1, 2)
     """
 
     def __init__(self, seed: int = 0, n_init: int = 10, k_range: tuple[int, int] = (2, 5)) -> None:
@@ -104,6 +111,9 @@ class VirtualNeurons:
         self.centroids: list[torch.Tensor] = []
         self.ks: list[int] = []
         self.silhouettes: list[dict[int, float]] = []
+        self.neurons: list[int] = []
+        self.layer: str | None = None
+        self.lower_layer: str | None = None
 
     @staticmethod
     def _as_3d(features: torch.Tensor) -> torch.Tensor:
@@ -118,7 +128,12 @@ class VirtualNeurons:
         return features
 
     def fit(
-        self, circuits: torch.Tensor, k: int | Sequence[int] | Literal["auto"] = 2
+        self,
+        circuits: torch.Tensor,
+        k: int | Sequence[int] | Literal["auto"] = 2,
+        neurons: Sequence[int] | torch.Tensor | None = None,
+        layer: str | None = None,
+        lower_layer: str | None = None,
     ) -> VirtualNeurons:
         """Cluster each neuron's references into ``k`` virtual neurons.
 
@@ -127,17 +142,33 @@ class VirtualNeurons:
         circuits : Tensor [N, n_ref, D] or [n_ref, D]
         k : int, sequence of int (one per neuron) or "auto"
             ``"auto"`` picks, per neuron, the k in ``k_range`` with the best silhouette.
+        neurons : sequence of int or None
+            The channel of the layer each row of ``circuits`` belongs to (what was passed as
+            ``neurons`` to :func:`puretools.circuit_attributions`); default ``0..N-1``.
+            Routing, heatmaps and edits (:mod:`puretools.routing`) find centroids by it.
+        layer, lower_layer : str or None
+            Remembered for reference (e.g. ``"layer4"``, ``"layer3"``).
         """
         x = self._as_3d(circuits).detach().double().cpu()
         n_neurons, n_ref, _ = x.shape
+        neuron_ids = self._check_neurons(neurons, n_neurons)
         if isinstance(k, str):
             if k != "auto":
                 raise PuretoolsError(f"k must be an int, a list of ints or 'auto', not {k!r}.")
             ks: list[int | None] = [None] * n_neurons
+        elif isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer, Sequence, torch.Tensor, np.ndarray)):
+            raise PuretoolsError(
+                f"k must be an int (the number of virtual neurons), a list of ints or 'auto', not {k!r}; "
+                "e.g. k=2."
+            )
         elif isinstance(k, (int, np.integer)):
             ks = [int(k)] * n_neurons
         else:
-            ks = [int(v) for v in k]
+            values = list(k.tolist() if isinstance(k, (torch.Tensor, np.ndarray)) else k)
+            for i, v in enumerate(values):
+                if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                    raise PuretoolsError(f"k[{i}] = {v!r} is not an int: give whole numbers of virtual neurons.")
+            ks = [int(v) for v in values]
             if len(ks) != n_neurons:
                 raise PuretoolsError(f"Got {len(ks)} values of k for {n_neurons} neurons.")
         for value in ks:
@@ -164,7 +195,45 @@ class VirtualNeurons:
             self.ks.append(ki)
             self.silhouettes.append(scores)
         self.labels = torch.stack(labels)
+        self.neurons = neuron_ids
+        self.layer, self.lower_layer = layer, lower_layer
         return self
+
+    @staticmethod
+    def _check_neurons(neurons: Sequence[int] | torch.Tensor | None, n_neurons: int) -> list[int]:
+        if neurons is None:
+            return list(range(n_neurons))
+        ids = torch.as_tensor(neurons).reshape(-1)
+        if ids.is_floating_point() or ids.dtype == torch.bool:
+            raise PuretoolsError(f"neurons must be integer channel indices, got dtype {ids.dtype}.")
+        out = [int(v) for v in ids]
+        if len(out) != n_neurons:
+            raise PuretoolsError(f"Got {len(out)} neuron ids for circuits of {n_neurons} neurons (one id per row).")
+        if len(set(out)) != len(out) or min(out, default=0) < 0:
+            raise PuretoolsError(f"neurons must be distinct non-negative channel indices, got {out}.")
+        return out
+
+    @property
+    def max_k(self) -> int:
+        """The largest number of virtual neurons of any fitted neuron (0 before :meth:`fit`)."""
+        return max(self.ks, default=0)
+
+    def position(self, neuron: int) -> int:
+        """Row of the fitted neuron ``neuron`` (a channel id of the layer) in this fit.
+
+        Raises
+        ------
+        PuretoolsError
+            If ``neuron`` was not fitted.
+        """
+        if self.labels is None:
+            raise PuretoolsError("Call fit(...) before using the virtual neurons.")
+        if int(neuron) not in self.neurons:
+            raise PuretoolsError(
+                f"Neuron {neuron} was not fitted; the fitted neurons are {self.neurons} "
+                "(pass neurons=... to fit to name the rows of the circuits)."
+            )
+        return self.neurons.index(int(neuron))
 
     def assign(self, circuits: torch.Tensor, neuron: int | None = None) -> torch.Tensor:
         """Virtual neuron (nearest centroid) of new samples.

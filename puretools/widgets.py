@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 from collections.abc import Callable, Sequence
@@ -18,12 +19,47 @@ from .errors import PuretoolsError
 from .evaluate import cluster_distances, polysemanticity_scores
 from .patches import patches_from_heatmaps, reference_heatmaps
 from .references import References, collate_images
+from .routing import conditional_heatmaps, partition_conditions
 from .virtual import activation_features, kmeans_labels
 
-__all__ = ["Explorer", "ExplorerData", "explorer_figure", "explorer_scores", "prepare_explorer"]
+__all__ = [
+    "Explorer",
+    "ExplorerData",
+    "VirtualHeatmapView",
+    "explorer_figure",
+    "explorer_heatmap_figure",
+    "explorer_scores",
+    "heatmap_mosaic",
+    "prepare_explorer",
+]
 
 METHODS = ("PURE", "activations")
 PATCH_MODES = {"cropped": "crop", "masked": "mask"}
+VIEWS = ("patches", "virtual heatmaps")
+
+
+@dataclass(frozen=True)
+class VirtualHeatmapView:
+    """Precomputed heatmaps of one neuron's PURE virtual neurons at one k.
+
+    Attributes
+    ----------
+    members : list of int
+        Reference rank (0 = most activating) of the image shown for each virtual neuron: its
+        most activating member.
+    images : Tensor [k, 3, H, W]
+        Those images, values in [0, 1].
+    full : Tensor [k, H, W]
+        The whole neuron's heatmap of each image.
+    virtual : Tensor [k, k, H, W]
+        ``virtual[j, i]``: heatmap of virtual neuron j on image i
+        (:func:`puretools.virtual_heatmaps`; they sum to ``full`` over j).
+    """
+
+    members: list[int]
+    images: torch.Tensor
+    full: torch.Tensor
+    virtual: torch.Tensor
 
 
 @dataclass
@@ -49,6 +85,8 @@ class ExplorerData:
     concept_names : list of str or None
     eval_space : Tensor [N, n_ref, D] or None
         Embeddings for the intra/inter-cluster distances.
+    heatmaps : dict (position, k) -> VirtualHeatmapView
+        Heatmaps of the PURE virtual neurons (empty if not precomputed).
     """
 
     neurons: list[int]
@@ -59,6 +97,7 @@ class ExplorerData:
     concepts: torch.Tensor | None = None
     concept_names: list[str] | None = None
     eval_space: torch.Tensor | None = None
+    heatmaps: dict[tuple[int, int], VirtualHeatmapView] = field(default_factory=dict)
     _labels: dict[tuple[int, str, int], np.ndarray] = field(default_factory=dict, repr=False)
 
     def labels(self, position: int, method: str, k: int, seed: int = 0) -> np.ndarray:
@@ -89,6 +128,8 @@ def prepare_explorer(
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    heatmaps: bool = True,
+    heatmap_method: str = "lrp",
 ) -> ExplorerData:
     """Compute circuits, activations, patches, UMAPs and the ranking the explorer needs.
 
@@ -113,6 +154,12 @@ def prepare_explorer(
         Compute UMAP embeddings (else PCA, which is instant).
     max_k : int
         Clusterings for k = 1..max_k are computed up front, for both methods.
+    heatmaps : bool
+        Precompute the virtual-neuron heatmaps view: for every neuron and k, the most
+        activating reference of each PURE virtual neuron with the heatmap of every virtual
+        neuron on it (:func:`puretools.virtual_heatmaps`; k x (k + 1) rows of one batched
+        pass per neuron and k).
+    heatmap_method : {"lrp", "gradient"}
     """
     from .toyworld import dominant_concepts
 
@@ -166,7 +213,25 @@ def prepare_explorer(
         for method in METHODS:
             for k in range(1, min(max_k, n_ref) + 1):
                 data.labels(position, method, k, seed=seed)
+    if heatmaps:
+        for position in tqdm(range(len(neurons)), desc="virtual heatmaps", disable=not progress):
+            _precompute_heatmaps(data, position, model, dataset, layer, lower_layer,
+                                 idx[order[position]], min(max_k, n_ref), denormalize, heatmap_method)  # fmt: skip
     return data
+
+
+def _precompute_heatmaps(data: ExplorerData, position: int, model: nn.Module, dataset: Dataset, layer: str,
+                         lower_layer: str, ref_idx: torch.Tensor, max_k: int, denormalize, method: str) -> None:  # fmt: skip
+    """The heatmap views of one neuron for k = 1..max_k: k images x (k conditions + none) per k."""
+    circuits = data.features["PURE"][position].float()
+    for k in range(1, max_k + 1):
+        labels = torch.from_numpy(data.labels(position, "PURE", k))
+        centroids = torch.stack([circuits[labels == j].mean(0) for j in range(k)])  # k-means centres
+        members = [int(torch.nonzero(labels == j)[0]) for j in range(k)]  # references are best first
+        images = collate_images([dataset[int(ref_idx[m])] for m in members])
+        heat, full = conditional_heatmaps(model, images, layer, lower_layer, data.neurons[position],
+                                          partition_conditions(centroids), method=method)  # fmt: skip
+        data.heatmaps[(position, k)] = VirtualHeatmapView(members, denormalize(images).clamp(0, 1), full, heat)
 
 
 def _project(features: torch.Tensor, use_umap: bool, seed: int) -> np.ndarray:
@@ -244,6 +309,74 @@ def explorer_figure(
     return fig
 
 
+def heatmap_mosaic(view: VirtualHeatmapView, pad: int = 2) -> np.ndarray:
+    """The view as one RGB mosaic [k (H + pad), (k + 2) (W + pad), 3] in [0, 1], grey between tiles.
+
+    Row i: the image, the whole neuron's heatmap and the k virtual heatmaps on it, coloured
+    with ``bwr`` on one symmetric scale per row (``max |relevance|`` of the row).
+    """
+    import matplotlib
+
+    cmap = matplotlib.colormaps["bwr"]
+    k, _, h, w = view.images.shape
+    out = np.full((k * (h + pad), (k + 2) * (w + pad), 3), 0.75)  # grey gaps between tiles
+    for i in range(k):
+        row = [view.full[i]] + [view.virtual[j, i] for j in range(k)]
+        scale = max(float(t.abs().max()) for t in row) or 1.0
+        tiles = [view.images[i].permute(1, 2, 0).numpy()] + [
+            cmap((t.numpy() / scale + 1) / 2)[..., :3] for t in row
+        ]
+        for c, tile in enumerate(tiles):
+            y, x = i * (h + pad), c * (w + pad)
+            out[y : y + h, x : x + w] = tile
+    return out
+
+
+def explorer_heatmap_figure(data: ExplorerData, position: int, k: int):
+    """The explorer's virtual-heatmap view: per virtual neuron, its top reference with every heatmap.
+
+    Row i shows the most activating reference of PURE virtual neuron i, the whole neuron's
+    heatmap on it, and the heatmap of each virtual neuron j (CRP restricted to j's circuit at
+    the lower layer), all with one colour scale per row (:func:`heatmap_mosaic`).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    from .plots import cluster_colors
+
+    if not 0 <= position < len(data.neurons):
+        raise PuretoolsError(f"position must lie in 0..{len(data.neurons) - 1}, got {position}.")
+    view = data.heatmaps.get((position, k))
+    if view is None:
+        raise PuretoolsError(
+            f"No virtual heatmaps for position {position}, k={k}: run prepare_explorer(..., heatmaps=True, max_k>={k})."
+        )
+    mosaic = heatmap_mosaic(view)
+    h, w = view.images.shape[-2:]
+    colors = cluster_colors(k)
+    fig, ax = plt.subplots(figsize=(1.3 * (k + 2) + 1.6, 1.3 * k + 0.9), dpi=80)
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_xticks([(c + 0.5) * (w + 2) - 1 for c in range(k + 2)],
+                  ["image", "whole neuron"] + [f"virtual {j}" for j in range(k)], fontsize=8)  # fmt: skip
+    ax.set_yticks([(i + 0.5) * (h + 2) - 1 for i in range(k)], [f"top ref. of\nvirtual {i}" for i in range(k)],
+                  fontsize=8)  # fmt: skip
+    for j, label in enumerate(ax.get_xticklabels()[2:]):
+        label.set_color(colors[j])
+    for i, label in enumerate(ax.get_yticklabels()):
+        label.set_color(colors[i])
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(f"neuron {data.neurons[position]}, k = {k}: heatmap of each PURE virtual neuron; a row's virtual "
+                 "heatmaps sum to its whole-neuron heatmap\n(red: positive, blue: negative relevance, "
+                 "one symmetric scale per row)", fontsize=8)  # fmt: skip
+    return fig
+
+
 def _figure_png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
@@ -254,11 +387,13 @@ def _figure_png(fig) -> bytes:
 
 
 class Explorer:
-    """ipywidgets explorer: neuron (by polysemanticity) and k sliders, method and patch toggles.
+    """ipywidgets explorer: neuron (by polysemanticity) and k sliders, method, patch and view toggles.
 
     Every change redraws one PNG image in place; the clustering of each (neuron, method, k)
     is computed once and memoised, everything else was precomputed by
-    :func:`prepare_explorer`.
+    :func:`prepare_explorer`. The ``view`` toggle switches between reference patches and the
+    heatmaps of the PURE virtual neurons (when precomputed). Where widgets cannot render
+    (static HTML, GitHub), the display bundle still holds the current figure as ``image/png``.
 
     Examples
     --------
@@ -281,12 +416,14 @@ class Explorer:
         self.k = w.IntSlider(value=k, min=1, max=min(max_k, n_ref), description="k", continuous_update=False)
         self.method = w.ToggleButtons(options=list(METHODS), value="PURE", description="clustering")
         self.mode = w.ToggleButtons(options=list(PATCH_MODES), value="cropped", description="patches")
+        views = list(VIEWS) if data.heatmaps else [VIEWS[0]]
+        self.view = w.ToggleButtons(options=views, value=VIEWS[0], description="view")
         self.image = w.Image(format="png")
         self.scores = w.HTML()
         self.scores.add_class("puretools-scores")
-        for control in (self.neuron, self.k, self.method, self.mode):
+        for control in (self.neuron, self.k, self.method, self.mode, self.view):
             control.observe(self.update, names="value")
-        controls = w.VBox([w.HBox([self.neuron, self.k]), w.HBox([self.method, self.mode])])
+        controls = w.VBox([w.HBox([self.neuron, self.k]), w.HBox([self.method, self.mode]), self.view])
         self.widget = w.VBox([controls, self.scores, self.image])
         self.widget.add_class("puretools-explorer")
         self.update()
@@ -295,10 +432,15 @@ class Explorer:
         """Redraw the figure and the scores for the current slider values."""
         pos, k, method = self.neuron.value, self.k.value, self.method.value
         mode = PATCH_MODES[self.mode.value]
-        self.image.value = _figure_png(explorer_figure(self.data, pos, k, method, mode))
+        if self.view.value == VIEWS[1]:
+            fig = explorer_heatmap_figure(self.data, pos, k)
+        else:
+            fig = explorer_figure(self.data, pos, k, method, mode)
+        self.image.value = _figure_png(fig)
         scores = explorer_scores(self.data, pos, k, method)
-        parts = [f"<b>neuron {self.data.neurons[pos]}</b> (rank {pos + 1} of {len(self.data.neurons)}, "
-                 f"polysemanticity {self.data.scores[pos]:.2f})", f"k = {k}", method]
+        # the label uses the slider's own numbers: rank 0 is the most polysemantic neuron
+        parts = [f"<b>neuron {self.data.neurons[pos]}</b> (neuron rank {pos} of 0-{len(self.data.neurons) - 1}, "
+                 f"0 = most polysemantic; polysemanticity {self.data.scores[pos]:.2f})", f"k = {k}", method]
         if "ari" in scores:
             parts.append(f"ARI vs ground truth {scores['ari']:.2f}, purity {scores['purity']:.2f}")
         if "intra" in scores:
@@ -306,7 +448,9 @@ class Explorer:
                          f"(unclustered {scores['unclustered']:.2f})")
         self.scores.value = " &middot; ".join(parts)
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
+    def _repr_mimebundle_(self, include=None, exclude=None, **kwargs) -> dict:
+        """The widget view plus the current figure as ``image/png`` (shown where widgets cannot be)."""
+        bundle = dict(self.widget._repr_mimebundle_(include=include, exclude=exclude, **kwargs) or {})
+        bundle["image/png"] = base64.b64encode(self.image.value).decode("ascii")
+        bundle["text/plain"] = f"Explorer of {len(self.data.neurons)} neurons (static image of the current view)"
+        return bundle

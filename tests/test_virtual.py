@@ -96,3 +96,17 @@ def test_activation_baseline_features(vgg, small_images):
     torch.testing.assert_close(feats[1, 2], expected, atol=1e-5, rtol=1e-5)
     vn = pt.VirtualNeurons().fit(feats, k=2)
     assert vn.labels.shape == (2, 5)
+
+
+def test_fit_remembers_neurons_and_rejects_fractional_k():
+    circuits = torch.rand(2, 10, 4)
+    vn = pt.VirtualNeurons().fit(circuits, k=2, neurons=[6, 3], layer="layer4", lower_layer="layer3")
+    assert vn.neurons == [6, 3] and vn.position(3) == 1 and (vn.layer, vn.lower_layer) == ("layer4", "layer3")
+    assert pt.VirtualNeurons().fit(circuits, k=2).neurons == [0, 1]
+    for bad in (2.5, [2, 2.5], True):
+        with pytest.raises(pt.PuretoolsError, match="int"):
+            pt.VirtualNeurons().fit(circuits, k=bad)
+    with pytest.raises(pt.PuretoolsError, match="2 neuron ids|one id per row"):
+        pt.VirtualNeurons().fit(circuits, k=2, neurons=[1, 2, 3])
+    with pytest.raises(pt.PuretoolsError, match="distinct"):
+        pt.VirtualNeurons().fit(circuits, k=2, neurons=[1, 1])

@@ -9,6 +9,7 @@ from puretools.widgets import (
     Explorer,
     ExplorerData,
     explorer_figure,
+    explorer_heatmap_figure,
     explorer_scores,
     prepare_explorer,
 )
@@ -89,3 +90,99 @@ def test_prepare_explorer_ranks_and_shapes(vgg, small_images):
     circuits = pt.circuit_attributions(vgg, small_images, "features.9", "features.6", refs, neurons=[3], progress=False)
     torch.testing.assert_close(data.features["PURE"][i], circuits[0])
     assert torch.equal(data.concepts[i], labels[refs.indices[3]].argmax(-1))
+
+
+def test_rank_label_matches_the_slider():
+    explorer = Explorer(two_concept_data(), k=2)
+    assert explorer.neuron.min == 0
+    assert "neuron rank 0 of 0-1" in explorer.scores.value
+    explorer.neuron.value = 1
+    assert f"neuron rank {explorer.neuron.value} of 0-1" in explorer.scores.value
+
+
+def test_display_bundle_holds_the_current_figure_as_png():
+    import base64
+
+    from IPython.core.formatters import DisplayFormatter
+
+    explorer = Explorer(two_concept_data(), k=2)
+    data, _ = DisplayFormatter().format(explorer)  # what IPython puts in the output
+    assert "application/vnd.jupyter.widget-view+json" in data
+    assert data["application/vnd.jupyter.widget-view+json"]["model_id"] == explorer.widget.model_id
+    assert base64.b64decode(data["image/png"]) == explorer.image.value
+    explorer.k.value = 3
+    again, _ = DisplayFormatter().format(explorer)
+    assert base64.b64decode(again["image/png"]) == explorer.image.value != base64.b64decode(data["image/png"])
+
+
+def test_explorer_heatmap_view(vgg, small_images):
+    refs = pt.collect_references(vgg, small_images, "features.9", n_ref=8, progress=False)
+    data = prepare_explorer(vgg, small_images, "features.9", "features.6", refs, neurons=[0, 3, 5],
+                            denormalize=lambda x: x.clamp(0, 1), patch_size=16, umap=False, max_k=3,
+                            progress=False, heatmap_method="gradient")
+    assert sorted(data.heatmaps) == [(p, k) for p in range(3) for k in (1, 2, 3)]
+    for (pos, k), view in data.heatmaps.items():
+        labels = data.labels(pos, "PURE", k)
+        assert view.members == [int(np.flatnonzero(labels == j)[0]) for j in range(k)]
+        assert view.images.shape == (k, 3, 48, 48) and view.virtual.shape == (k, k, 48, 48)
+        torch.testing.assert_close(view.virtual.sum(0), view.full, atol=1e-4, rtol=1e-4)  # documented relation
+        idx = refs.indices[data.neurons[pos], view.members]
+        torch.testing.assert_close(view.images, torch.stack([small_images[int(i)][0] for i in idx]).clamp(0, 1))
+    pos, k = 0, 2  # against the public function with virtual neurons fitted on the same circuits
+    neuron = data.neurons[pos]
+    vn = pt.VirtualNeurons().fit(data.features["PURE"][pos], k=k, neurons=[neuron])
+    assert np.array_equal(vn.labels[0].numpy(), data.labels(pos, "PURE", k))
+    view = data.heatmaps[(pos, k)]
+    idx = refs.indices[neuron, view.members]
+    heat = pt.virtual_heatmaps(vgg, torch.stack([small_images[int(i)][0] for i in idx]), "features.9",
+                               "features.6", vn, neuron)
+    torch.testing.assert_close(heat, view.virtual, atol=1e-5, rtol=1e-4)
+
+    explorer = Explorer(data, k=2)
+    assert explorer.view.options == ("patches", "virtual heatmaps")
+    png = explorer.image.value
+    explorer.view.value = "virtual heatmaps"
+    assert explorer.image.value != png
+    fig = explorer_heatmap_figure(data, 0, 3)
+    mosaic = fig.axes[0].images[0].get_array()
+    assert mosaic.shape == (3 * 50, 5 * 50, 3)  # k rows of: image, whole neuron, k virtual heatmaps
+    view = data.heatmaps[(0, 3)]
+    np.testing.assert_allclose(mosaic[50:98, :48], view.images[1].permute(1, 2, 0).numpy())
+    scale = max(float(view.full[1].abs().max()), float(view.virtual[:, 1].abs().max()))
+    import matplotlib
+
+    tile = matplotlib.colormaps["bwr"]((view.virtual[2, 1].numpy() / scale + 1) / 2)[..., :3]
+    np.testing.assert_allclose(mosaic[50:98, 200:248], tile)  # virtual 2 on the image of row 1, row scale
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["image", "whole neuron", "virtual 0",
+                                                                    "virtual 1", "virtual 2"]
+    assert scale > 0
+    no_heat = prepare_explorer(vgg, small_images, "features.9", "features.6", refs, neurons=[0],
+                               denormalize=lambda x: x.clamp(0, 1), patch_size=16, umap=False, max_k=2,
+                               progress=False, heatmaps=False)
+    assert no_heat.heatmaps == {} and Explorer(no_heat).view.options == ("patches",)
+    with pytest.raises(pt.PuretoolsError, match="No virtual heatmaps"):
+        explorer_heatmap_figure(no_heat, 0, 2)
+
+
+@pytest.mark.slow
+def test_notebook_06_shows_the_explorer_as_an_image(tmp_path):
+    """Executed as `make demo` does (nbclient, widget state stored), the explorer cell's output
+    holds an image/png; static HTML without the widget state shows it as an <img>."""
+    import base64
+    from pathlib import Path
+
+    import nbformat
+    from nbclient import NotebookClient
+    from nbconvert import HTMLExporter
+
+    path = Path(__file__).resolve().parents[1] / "notebooks" / "06_explorer.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    bundles = [o["data"] for c in nb.cells if c.cell_type == "code" for o in c.outputs if "data" in o]
+    views = [b for b in bundles if "application/vnd.jupyter.widget-view+json" in b]
+    assert views, "no cell of notebook 06 displays the explorer"
+    pngs = [b["image/png"] for b in views if "image/png" in b]
+    assert len(pngs) == 1 and base64.b64decode(pngs[0])[:8] == b"\x89PNG\r\n\x1a\n"
+    nb.metadata.pop("widgets", None)  # what a viewer without the widget state (GitHub, offline HTML) has
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    assert f"data:image/png;base64,{pngs[0].strip()}" in html.replace("\n", "")
