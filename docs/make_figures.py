@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     _save(pt.plot_concept_mix(mix, toyworld.CONCEPTS), "concept_mix.png")
 
     evaluation = pt.evaluate_toy_world(cache_dir=cache)
-    _save(evaluation.distances_figure, "distances.png")
+    _save(pt.plot_cluster_distances(evaluation.table, title="toy world, ground-truth concept space"),
+          "distances.png")
 
     def second_share(n: int) -> float:
         return float(toyworld.dominant_shares(data.labels[refs.indices[n]]).sort(descending=True).values[1])

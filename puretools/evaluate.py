@@ -491,13 +491,16 @@ PAPER_CORRELATIONS: dict[str, MeanSem] = {
 
 @dataclass(frozen=True)
 class ToyEvaluation:
-    """Result of :func:`evaluate_toy_world`: the paper's table and both figures, on the toy world."""
+    """Result of :func:`evaluate_toy_world`: the paper's table and correlations, on the toy world.
+
+    Draw them with :func:`puretools.plot_cluster_distances` (``.table``) and
+    :func:`puretools.plot_distance_correlation` (``.correlations``): plotting comes after
+    evaluation, so this module never imports :mod:`puretools.plots`.
+    """
 
     neurons: list[int]
     table: DistanceTable
     correlations: dict[str, MeanSem]
-    distances_figure: object
-    correlation_figure: object
 
 
 def evaluate_toy_world(
@@ -517,12 +520,11 @@ def evaluate_toy_world(
     Returns
     -------
     ToyEvaluation
-        ``.table`` (:class:`DistanceTable`), ``.correlations`` and the two figures.
+        ``.neurons``, ``.table`` (:class:`DistanceTable`) and ``.correlations``.
     """
     from . import toyworld
     from .circuits import circuit_attributions
     from .models import load_model
-    from .plots import plot_cluster_distances, plot_distance_correlation
     from .references import collect_references
     from .virtual import VirtualNeurons, activation_features
 
@@ -544,10 +546,4 @@ def evaluate_toy_world(
     table = evaluate_clusterings(space, labels, space="ground-truth concepts")
     correlations = distance_correlation(space, {"PURE": circuits, "activations": acts},
                                         n_subsets=len(neurons), subset_size=1)
-    return ToyEvaluation(
-        neurons=neurons,
-        table=table,
-        correlations=correlations,
-        distances_figure=plot_cluster_distances(table, title="toy world, ground-truth concept space"),
-        correlation_figure=plot_distance_correlation(correlations, title="correlation with ground-truth distances"),
-    )
+    return ToyEvaluation(neurons=neurons, table=table, correlations=correlations)

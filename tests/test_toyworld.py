@@ -9,11 +9,12 @@ from torch import nn
 
 from puretools import toyworld as tw
 from puretools.errors import WeightsNotFoundError
+from puretools.toyworld import training, world
 
 
 def fresh(split: str, n: int, seed: int = 0) -> torch.Tensor:
     """Pixels of a split generated anew, bypassing the per-process cache."""
-    return tw._generate.__wrapped__(split, n, seed)[0]
+    return world._generate.__wrapped__(split, n, seed)[0]
 
 
 # ---------------------------------------------------------------------------------- generator
@@ -34,7 +35,7 @@ def test_splits_and_seeds_differ():
 
 
 def test_a_smaller_world_is_a_prefix_of_the_larger_one():
-    small, large = tw.ToyWorld("test", n=7), tw.ToyWorld("test", n=tw._CHUNK + 30)
+    small, large = tw.ToyWorld("test", n=7), tw.ToyWorld("test", n=world._CHUNK + 30)
     assert torch.equal(small.pixels, large.pixels[:7])
     assert torch.equal(small.labels, large.labels[:7])
 
@@ -100,7 +101,7 @@ def record():
 
 def test_shipped_checkpoint_matches_its_record(record):
     path = tw.DATA_DIR / "model.safetensors"
-    assert tw._sha256(path) == record["sha256"]
+    assert training._sha256(path) == record["sha256"]
     assert path.stat().st_size < 5e6
     assert record["metric"] == "mean_per_concept_accuracy" and record["value"] >= 0.9
 
@@ -139,7 +140,7 @@ def test_toy_model_is_fx_traceable_and_canonizable(toy_model):
 
 def test_shipped_model_accuracy_is_near_the_recorded_figure(toy_model, record):
     ds = tw.ToyWorld("test", n=500)
-    metrics = tw._evaluate(toy_model, ds)
+    metrics = training._evaluate(toy_model, ds)
     assert abs(metrics["mean_per_concept_accuracy"] - record["value"]) < 0.02
     assert metrics["mean_per_concept_accuracy"] >= 0.9
 
@@ -157,7 +158,7 @@ def test_short_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_pat
     history = record["loss_history"]
     assert len(history) == 6 and history[-1] < history[0]
     saved = json.loads((tmp_path / "record.json").read_text())
-    assert saved["sha256"] == tw._sha256(tmp_path / "model.safetensors") == record["sha256"]
+    assert saved["sha256"] == training._sha256(tmp_path / "model.safetensors") == record["sha256"]
     assert saved["config"]["widths"] == [8, 8, 16, 4] and saved["steps"] == 6
     model = tw.load_toy_model(tmp_path / "model.safetensors")
     assert isinstance(model, nn.Module) and not model.training

@@ -1,0 +1,59 @@
+"""The toy world: seeded synthetic concepts with ground truth, their toy ResNet, training and scores.
+
+One module per part: :mod:`.world` (the images and their scenes), :mod:`.model` (the toy ResNet,
+its layer of interest, the shipped checkpoint), :mod:`.training` (``train``) and
+:mod:`.ground_truth` (which concept each reference holds, and scores against it). Every public
+name is importable from ``puretools.toyworld`` directly.
+"""
+
+from .ground_truth import (
+    concept_mix,
+    dominant_concepts,
+    dominant_shares,
+    ground_truth_scores,
+    polysemantic_neurons,
+)
+from .model import (
+    DATA_DIR,
+    DEFAULT_STRIDES,
+    DEFAULT_WIDTHS,
+    LAYER,
+    LOWER_LAYER,
+    ToyResNet,
+    build_model,
+    load_toy_model,
+)
+from .training import train
+from .world import (
+    CONCEPTS,
+    IMAGE_SIZE,
+    MEAN,
+    SPLIT_SIZES,
+    STD,
+    ToyWorld,
+    denormalize,
+)
+
+__all__ = [
+    "CONCEPTS",
+    "DATA_DIR",
+    "DEFAULT_STRIDES",
+    "DEFAULT_WIDTHS",
+    "IMAGE_SIZE",
+    "LAYER",
+    "LOWER_LAYER",
+    "MEAN",
+    "SPLIT_SIZES",
+    "STD",
+    "ToyResNet",
+    "ToyWorld",
+    "build_model",
+    "concept_mix",
+    "denormalize",
+    "dominant_concepts",
+    "dominant_shares",
+    "ground_truth_scores",
+    "load_toy_model",
+    "polysemantic_neurons",
+    "train",
+]
