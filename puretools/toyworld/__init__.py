@@ -2,15 +2,18 @@
 
 One module per part: :mod:`.world` (the images and their scenes), :mod:`.model` (the toy ResNet,
 its layer of interest, the shipped checkpoint), :mod:`.training` (``train``) and
-:mod:`.ground_truth` (which concept each reference holds, and scores against it). Every public
+:mod:`.ground_truth` (which concept each reference holds, and scores against it) and
+:mod:`.causal` (causal labels: which object's removal lowers a neuron's activation most). Every public
 name is importable from ``puretools.toyworld`` directly.
 """
 
+from .causal import CausalEffects, causal_concepts, causal_effects, reference_concepts
 from .ground_truth import (
     concept_mix,
     dominant_concepts,
     dominant_shares,
     ground_truth_scores,
+    label_shares,
     polysemantic_neurons,
 )
 from .model import (
@@ -46,14 +49,19 @@ __all__ = [
     "SPLIT_SIZES",
     "STD",
     "ToyResNet",
+    "CausalEffects",
     "ToyWorld",
     "build_model",
+    "causal_concepts",
+    "causal_effects",
     "concept_mix",
     "denormalize",
     "dominant_concepts",
     "dominant_shares",
     "ground_truth_scores",
+    "label_shares",
     "load_toy_model",
     "polysemantic_neurons",
+    "reference_concepts",
     "train",
 ]

@@ -12,6 +12,7 @@ __all__ = [
     "dominant_concepts",
     "dominant_shares",
     "ground_truth_scores",
+    "label_shares",
     "polysemantic_neurons",
 ]
 
@@ -96,13 +97,17 @@ def dominant_shares(labels: torch.Tensor) -> torch.Tensor:
 
 
 def polysemantic_neurons(
-    reference_indices: torch.Tensor, labels: torch.Tensor, min_share: float = 0.2
+    reference_indices: torch.Tensor,
+    labels: torch.Tensor,
+    min_share: float = 0.2,
+    concepts: torch.Tensor | None = None,
 ) -> list[int]:
     """Neurons whose references split between at least two concepts, in the ground-truth sense.
 
-    Each reference counts once, for its :func:`dominant_concepts`; a neuron is polysemantic
-    when at least two concepts each take a share ``>= min_share`` of its references
-    (:func:`dominant_shares`).
+    Each reference counts once, for its :func:`dominant_concepts` (or for its label in
+    ``concepts``, e.g. :func:`causal_concepts`); a neuron is polysemantic when at least two
+    concepts each take a share ``>= min_share`` of its references (:func:`dominant_shares`,
+    or :func:`label_shares` of ``concepts``: shares among the labelled references).
 
     Parameters
     ----------
@@ -112,6 +117,9 @@ def polysemantic_neurons(
         Multi-hot ground truth of the whole data set (``ToyWorld.labels``).
     min_share : float
         Smallest share a concept needs to count.
+    concepts : LongTensor [channels, n_ref], optional
+        One concept per reference (-1: unlabelled, left out), e.g. the causal labels of every
+        channel; default: the dominant concepts of ``labels``.
 
     Returns
     -------
@@ -126,41 +134,82 @@ def polysemantic_neurons(
     ...                      [0, 1, 2, 1]])  # neuron 2: concept 0 75 %, concept 1 25 %
     >>> polysemantic_neurons(refs, labels), polysemantic_neurons(refs, labels, min_share=0.3)
     ([0, 1, 2], [0, 1])
+    >>> causal = torch.tensor([[0, 0, 0, -1], [0, 0, 2, 2], [0, 0, 0, 1]])  # one label per reference
+    >>> polysemantic_neurons(refs, labels, concepts=causal, min_share=0.3)  # 50/50 and 75/25
+    [1]
     """
-    out = []
     if not isinstance(reference_indices, torch.Tensor):  # References
         reference_indices = reference_indices.indices
-    for k, idx in enumerate(reference_indices):
-        shares = dominant_shares(labels[idx])
-        if int((shares >= min_share).sum()) >= 2:
-            out.append(k)
-    return out
+    if concepts is not None:
+        concepts = torch.as_tensor(concepts)
+        if concepts.shape != reference_indices.shape:
+            raise PuretoolsError(
+                f"concepts has shape {tuple(concepts.shape)}, but the references have shape "
+                f"{tuple(reference_indices.shape)}: pass one label per reference of every channel."
+            )
+        shares = label_shares(concepts, labels.shape[-1])
+    else:
+        shares = torch.stack([dominant_shares(labels[idx]) for idx in reference_indices])
+    return [k for k, row in enumerate(shares) if int((row >= min_share).sum()) >= 2]
+
+
+def label_shares(concepts: torch.Tensor, n_concepts: int) -> torch.Tensor:
+    """Share of each concept among the labelled references (label >= 0); -1 labels are left out.
+
+    Parameters
+    ----------
+    concepts : LongTensor [..., n_ref]
+        One concept per reference, -1 where there is none (e.g. :func:`causal_concepts`).
+    n_concepts : int
+
+    Returns
+    -------
+    Tensor [..., n_concepts]
+        Sums to 1 over concepts (0 everywhere when no reference is labelled).
+
+    Examples
+    --------
+    >>> label_shares(torch.tensor([2, 2, 0, -1]), 3)  # 3 labelled references
+    tensor([0.3333, 0.0000, 0.6667])
+    """
+    concepts = torch.as_tensor(concepts).long()
+    onehot = torch.nn.functional.one_hot(concepts.clamp(min=0), n_concepts).float()
+    onehot = onehot * (concepts >= 0).unsqueeze(-1)
+    counts = onehot.sum(-2)
+    return counts / counts.sum(-1, keepdim=True).clamp(min=1)
 
 
 def ground_truth_scores(cluster_labels, concept_labels) -> dict[str, float]:
     """Agreement of a clustering of references (virtual neurons) with the ground-truth concepts.
+
+    References whose concept is -1 (e.g. a causal label where no single object explains the
+    activation, see :func:`causal_concepts`) are left out of both scores and counted in
+    ``n_excluded``.
 
     Parameters
     ----------
     cluster_labels : array-like [n_ref]
         Virtual neuron of every reference.
     concept_labels : array-like [n_ref] or [n_ref, n_concepts]
-        Ground-truth concept per reference; a multi-hot matrix is first reduced with
-        :func:`dominant_concepts`.
+        Ground-truth concept per reference (-1: none); a multi-hot matrix is first reduced
+        with :func:`dominant_concepts` (the older, heuristic labels).
 
     Returns
     -------
     dict
         ``ari``: scikit-learn's adjusted Rand index (1 for a perfect match, about 0 for
         chance); ``purity``: share of references whose concept is the most common one of
-        their cluster (1 when every cluster holds one concept).
+        their cluster (1 when every cluster holds one concept); both NaN when no reference is
+        labelled. ``n_scored`` and ``n_excluded``: references scored and left out.
 
     Examples
     --------
     >>> ground_truth_scores([0, 0, 1, 1], [5, 5, 2, 2])
-    {'ari': 1.0, 'purity': 1.0}
+    {'ari': 1.0, 'purity': 1.0, 'n_scored': 4, 'n_excluded': 0}
     >>> ground_truth_scores([0, 1, 0, 1], [5, 5, 2, 2])
-    {'ari': -0.5, 'purity': 0.5}
+    {'ari': -0.5, 'purity': 0.5, 'n_scored': 4, 'n_excluded': 0}
+    >>> ground_truth_scores([0, 0, 1, 1, 1], [5, 5, 2, 2, -1])  # the last reference is unlabelled
+    {'ari': 1.0, 'purity': 1.0, 'n_scored': 4, 'n_excluded': 1}
     """
     from sklearn.metrics import adjusted_rand_score
 
@@ -170,8 +219,15 @@ def ground_truth_scores(cluster_labels, concept_labels) -> dict[str, float]:
     truth = concept_labels.numpy().astype(np.int64)
     clusters = np.asarray(cluster_labels).astype(np.int64)
     if clusters.shape != truth.shape:
-        raise PuretoolsError(f"{len(clusters)} cluster labels for {len(truth)} concept labels.")
-    offset = truth - truth.min()
-    majority = sum(np.bincount(offset[clusters == c]).max() for c in np.unique(clusters))
+        raise PuretoolsError(
+            f"{len(clusters)} cluster labels for {len(truth)} concept labels: pass one of each per reference."
+        )
+    keep = truth >= 0
+    truth, clusters = truth[keep], clusters[keep]
+    n_excluded = int((~keep).sum())
+    if not len(truth):
+        return {"ari": float("nan"), "purity": float("nan"), "n_scored": 0, "n_excluded": n_excluded}
+    majority = sum(np.bincount(truth[clusters == c]).max() for c in np.unique(clusters))
     ari = adjusted_rand_score(truth, clusters)
-    return {"ari": float(ari), "purity": float(majority / len(truth))}
+    return {"ari": float(ari), "purity": float(majority / len(truth)), "n_scored": len(truth),
+            "n_excluded": n_excluded}  # fmt: skip

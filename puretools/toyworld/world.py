@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -265,6 +266,19 @@ class ToyWorld(Dataset):
     True
     >>> bool((ds.masks(0).flatten(1).any(1) == ds.labels[0].bool()).all())
     True
+
+    Scenes are parametric, so an image can be rendered again without some of its objects:
+
+    >>> ds.objects(2)  # (slot, concept id) of every object of image 2
+    [(0, 2), (1, 8)]
+    >>> [CONCEPTS[c] for _, c in ds.objects(2)]
+    ['triangle', 'checkerboard']
+    >>> torch.equal(ds.render_without(2, []), ds[2][0])  # nothing removed: the image itself
+    True
+    >>> no_checkerboard = ds.render_without(2, [1])  # [3, 32, 32], normalised like ds[2][0]
+    >>> changed = (no_checkerboard != ds[2][0]).any(0)  # [32, 32]
+    >>> bool(changed.any()), bool((changed & ~ds.masks(2)[8]).any())  # only its own pixels changed
+    (True, False)
     """
 
     concept_names: tuple[str, ...] = CONCEPTS
@@ -288,9 +302,64 @@ class ToyWorld(Dataset):
     def images(self) -> torch.Tensor:
         return _normalize(self.pixels)
 
+    def _index(self, i: int) -> int:
+        """``i`` as a position in ``0..n-1`` (negative counts from the end), else a clear error."""
+        if not isinstance(i, (int, np.integer)) and not (isinstance(i, torch.Tensor) and i.numel() == 1):
+            raise TypeError(f"An image index must be an int, got {type(i).__name__}.")
+        i = int(i)
+        if not -self.n <= i < self.n:
+            raise IndexError(f"Image index {i} is out of range for {self!r} (0..{self.n - 1}).")
+        return i % self.n
+
+    def objects(self, i: int) -> list[tuple[int, int]]:
+        """The objects of image ``i`` as ``(slot, concept_id)`` pairs, in slot order.
+
+        A slot names one object of the scene (0, 1 or 2); :meth:`render_without` takes slots.
+        """
+        i = self._index(i)
+        placed, concept = self._scenes["placed"][i], self._scenes["concept"][i]
+        return [(int(j), int(concept[j])) for j in np.nonzero(placed)[0]]
+
+    def render_without(self, i: int, slots: Sequence[int]) -> torch.Tensor:
+        """Image ``i`` rendered again without the objects in ``slots``, normalised like ``self[i][0]``.
+
+        Everything else (background, gradient, noise, the other objects) is identical, and
+        ``render_without(i, [])`` equals ``self[i][0]`` exactly. Objects never overlap, so the
+        pixels of a removed object show the background.
+
+        Parameters
+        ----------
+        i : int
+            Image index.
+        slots : sequence of int
+            Slots of objects of image ``i`` (see :meth:`objects`) to leave out.
+
+        Returns
+        -------
+        Tensor [3, H, W]
+        """
+        i = self._index(i)
+        return self._render_rows([i], [slots])[0]
+
+    def _render_rows(self, rows: Sequence[int], drop: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Images ``rows`` [m] without the slots ``drop[r]`` each: normalised [m, 3, H, W], vectorised."""
+        rows = np.asarray(rows, dtype=np.int64)
+        scene = {k: v[rows] for k, v in self._scenes.items()}
+        placed = scene["placed"].copy()
+        for r, (i, slots) in enumerate(zip(rows, drop)):
+            for slot in slots:
+                if not (isinstance(slot, (int, np.integer)) and 0 <= slot < _MAX_OBJECTS and placed[r, slot]):
+                    raise PuretoolsError(
+                        f"Image {i} has no object in slot {slot!r}; its objects are "
+                        f"{self.objects(int(i))} as (slot, concept id): pass slots from these."
+                    )
+                placed[r, slot] = False
+        scene["placed"] = placed
+        return _normalize(torch.from_numpy(_render(scene)[0]))
+
     def masks(self, i: int) -> torch.Tensor:
         """Location masks BoolTensor [n_concepts, H, W] of image ``i``; empty for absent ones."""
-        i = int(i) % self.n
+        i = self._index(i)
         scene = {k: v[i : i + 1] for k, v in self._scenes.items()}
         _, obj = _render(scene, with_masks=True)
         out = torch.zeros(len(CONCEPTS), IMAGE_SIZE, IMAGE_SIZE, dtype=torch.bool)
