@@ -145,6 +145,37 @@ def test_shipped_model_accuracy_is_near_the_recorded_figure(toy_model, record):
     assert metrics["mean_per_concept_accuracy"] >= 0.9
 
 
+def test_record_reports_metrics_not_inflated_by_negatives(toy_model, record):
+    metrics = training._evaluate(toy_model, tw.ToyWorld("test"))  # the whole test split, as recorded
+    for key in ("mean_per_concept_accuracy", "exact_match_accuracy", "macro_f1", "all_absent_per_concept_accuracy"):
+        assert record[key] == pytest.approx(metrics[key], abs=1e-4), key
+    assert record["per_concept_f1"] == metrics["per_concept_f1"]
+    assert set(record["per_concept_f1"]) == set(tw.CONCEPTS)
+    assert record["macro_f1"] == pytest.approx(np.mean(list(record["per_concept_f1"].values())), abs=1e-4)
+    # predicting "absent" everywhere is already > 0.9 per-concept accuracy; exact match is far lower
+    assert record["all_absent_per_concept_accuracy"] > 0.9
+    assert record["exact_match_accuracy"] < record["mean_per_concept_accuracy"]
+    assert "exact_match_accuracy" in record["metrics_note"] and "macro_f1" in record["metrics_note"]
+
+
+def test_training_never_overwrites_a_checkpoint_unless_asked(tmp_path, record):
+    import subprocess
+    import sys
+
+    kwargs = dict(n_train=64, max_batches=1, batch_size=64, verbose=False, widths=(4, 4, 8, 4))
+    first = tw.train(tmp_path, **kwargs)
+    with pytest.raises(ValueError, match="overwrite"):
+        tw.train(tmp_path, seed=5, **kwargs)
+    assert training._sha256(tmp_path / "model.safetensors") == first["sha256"]
+    assert tw.train(tmp_path, seed=5, overwrite=True, **kwargs)["sha256"] != first["sha256"]
+    # the command line's default output is the shipped checkpoint's folder: refused before training
+    shipped = tw.DATA_DIR / "model.safetensors"
+    result = subprocess.run([sys.executable, "-m", "puretools", "toy", "train", "--epochs", "1"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode != 0 and "--force" in result.stderr and "already exists" in result.stderr
+    assert training._sha256(shipped) == record["sha256"]
+
+
 def test_missing_checkpoint_says_how_to_train(tmp_path):
     with pytest.raises(WeightsNotFoundError, match="python -m puretools toy train"):
         tw.load_toy_model(tmp_path / "nothing.safetensors")
