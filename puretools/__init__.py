@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from .circuits import circuit_attributions, memory_plan, subnetwork
+from .disentangle import compare_on_toy
 from .embed import ClipEmbedder, ConceptEmbedder, DinoEmbedder, Embedder, embed_dataset
 from .errors import CacheError, PuretoolsError, WeightsNotFoundError
 from .evaluate import (
@@ -34,6 +35,7 @@ from .patches import (
     reference_patches,
     relevance_map,
 )
+from .planted import class_activation_units, plant_neurons, planted_sources
 from .plots import (
     patch_grid,
     plot_cluster_distances,
@@ -44,6 +46,7 @@ from .plots import (
     virtual_neuron_grids,
 )
 from .references import References, collect_references
+from .sae import sae_split, train_layer_sae
 from .virtual import VirtualNeurons, activation_features
 
 __all__ = [
@@ -64,10 +67,12 @@ __all__ = [
     "activation_features",
     "canonizer_report",
     "canonizers_for",
+    "class_activation_units",
     "circuit_attributions",
     "memory_plan",
     "cluster_distances",
     "collect_references",
+    "compare_on_toy",
     "crop_box",
     "crop_patch",
     "distance_correlation",
@@ -81,6 +86,8 @@ __all__ = [
     "masked_patch",
     "patch_grid",
     "patches_from_heatmaps",
+    "plant_neurons",
+    "planted_sources",
     "plot_cluster_distances",
     "plot_concept_mix",
     "plot_distance_correlation",
@@ -90,7 +97,9 @@ __all__ = [
     "reference_heatmaps",
     "reference_patches",
     "relevance_map",
+    "sae_split",
     "subnetwork",
+    "train_layer_sae",
     "umap_embedding",
     "virtual_neuron_grids",
 ]

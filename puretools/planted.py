@@ -251,6 +251,17 @@ def planted_sources(
     LongTensor [P, n_ref]
         The unit (e.g. the concept of a class-activation map) that is larger at the location
         where the planted neuron is largest; -1 where the neuron is 0 there.
+
+    Examples
+    --------
+    >>> import puretools as pt
+    >>> from puretools import toyworld
+    >>> model, data = pt.load_model("toy"), toyworld.ToyWorld("test", n=500)
+    >>> planted = plant_neurons(model, "layer4", class_activation_units(model.fc), [(2, 10)])
+    >>> refs = pt.collect_references(planted.model, data, planted.layer, n_ref=20, progress=False)
+    >>> sources = planted_sources(planted, data, refs.indices[planted.channels])  # [1, 20]
+    >>> sorted(set(sources[0].tolist()) - {-1}) in ([2], [10], [2, 10])  # triangle or diagonal
+    True
     """
     idx = references.indices if isinstance(references, References) else torch.as_tensor(references)
     if idx.ndim != 2 or len(idx) != len(planted.channels):

@@ -207,6 +207,16 @@ def activations_at_max(
     Returns
     -------
     Tensor [len(neurons), n_ref, C_read]
+
+    Examples
+    --------
+    >>> import puretools as pt
+    >>> from puretools import toyworld
+    >>> model, data = pt.load_model("toy"), toyworld.ToyWorld("test", n=200)
+    >>> refs = pt.collect_references(model, data, "layer4", n_ref=10, progress=False)
+    >>> h = activations_at_max(model, data, "layer4", refs, neurons=[3])  # [1, 10, 8]
+    >>> torch.allclose(h[0, :, 3], refs.values[3])  # neuron 3's own entry is its spatial max
+    True
     """
     idx = references.indices if isinstance(references, References) else torch.as_tensor(references)
     idx = idx[list(neurons)]
@@ -256,6 +266,16 @@ def sae_contributions(
     Returns
     -------
     Tensor [M, n_latents]
+
+    Examples
+    --------
+    >>> import puretools as pt
+    >>> from puretools import toyworld
+    >>> sae = train_layer_sae(pt.load_model("toy"), toyworld.ToyWorld("train", n=100), "layer4", epochs=1)
+    >>> h = torch.rand(6, 8)  # 6 activation vectors of layer4 (8 channels)
+    >>> c = sae_contributions(sae, h, 2)  # [6, 32]: latent j's share of channel 2
+    >>> torch.allclose(c.sum(1), (sae.encode(h) @ sae.dictionary)[:, 2], atol=1e-5)  # the reconstruction
+    True
     """
     h = torch.as_tensor(h).float()
     with torch.no_grad():
@@ -290,5 +310,13 @@ def sae_split(
     -------
     LongTensor [n_ref]
         Latent index per reference (cluster labels; as many clusters as latents used).
+
+    Examples
+    --------
+    >>> import puretools as pt
+    >>> from puretools import toyworld
+    >>> sae = train_layer_sae(pt.load_model("toy"), toyworld.ToyWorld("train", n=100), "layer4", epochs=1)
+    >>> sae_split(sae, torch.rand(6, 8), readout=2).shape  # one latent per reference
+    torch.Size([6])
     """
     return sae_contributions(sae, h, readout).argmax(-1)

@@ -115,6 +115,18 @@ def causal_effects(
     Returns
     -------
     CausalEffects
+
+    Examples
+    --------
+    >>> import puretools as pt
+    >>> model, data = pt.load_model("toy"), ToyWorld("test", n=300)
+    >>> refs = pt.collect_references(model, data, "layer4", n_ref=20, progress=False)
+    >>> effects = causal_effects(model, data, "layer4", refs, neurons=[2])
+    >>> effects.activation.shape, effects.without.shape  # [neurons, n_ref], [neurons, n_ref, 3 slots]
+    (torch.Size([1, 20]), torch.Size([1, 20, 3]))
+    >>> labelled = effects.concepts[0] >= 0
+    >>> bool((effects.drop[0, labelled].nan_to_num(-1).amax(-1) >= 0.5).all())  # the cause halves it
+    True
     """
     if not isinstance(dataset, ToyWorld):
         raise PuretoolsError(
@@ -223,6 +235,16 @@ def reference_concepts(
     Returns
     -------
     LongTensor [len(neurons), n_ref]
+
+    Examples
+    --------
+    >>> import puretools as pt
+    >>> model, data = pt.load_model("toy"), ToyWorld("test", n=300)
+    >>> refs = pt.collect_references(model, data, "layer4", n_ref=20, progress=False)
+    >>> causal = reference_concepts(model, data, "layer4", refs, neurons=[0, 1])
+    >>> dominant = reference_concepts(model, data, "layer4", refs, neurons=[0, 1], kind="dominant")
+    >>> causal.shape == dominant.shape == (2, 20), bool((dominant >= 0).all())
+    (True, True)
     """
     if kind == "causal":
         return causal_concepts(model, dataset, layer, references, neurons)
