@@ -9,6 +9,7 @@ name is importable from ``puretools.toyworld`` directly.
 
 from .causal import CausalEffects, causal_concepts, causal_effects, reference_concepts
 from .ground_truth import (
+    clearest_two_concept_neuron,
     concept_mix,
     dominant_concepts,
     dominant_shares,
@@ -54,6 +55,7 @@ __all__ = [
     "build_model",
     "causal_concepts",
     "causal_effects",
+    "clearest_two_concept_neuron",
     "concept_mix",
     "denormalize",
     "dominant_concepts",

@@ -11,6 +11,7 @@ __all__ = [
     "concept_mix",
     "dominant_concepts",
     "dominant_shares",
+    "clearest_two_concept_neuron",
     "ground_truth_scores",
     "label_shares",
     "polysemantic_neurons",
@@ -177,6 +178,51 @@ def label_shares(concepts: torch.Tensor, n_concepts: int) -> torch.Tensor:
     onehot = onehot * (concepts >= 0).unsqueeze(-1)
     counts = onehot.sum(-2)
     return counts / counts.sum(-1, keepdim=True).clamp(min=1)
+
+
+def clearest_two_concept_neuron(concepts: torch.Tensor, n_concepts: int, min_share: float = 0.2) -> int:
+    """The neuron that two concepts explain most cleanly and most evenly: a good one to show a split.
+
+    Among the neurons with exactly two concepts of share ``>= min_share`` (:func:`label_shares`),
+    the one with the largest ``coverage x minority share``, where coverage is the share of *all*
+    its references labelled with one of the two concepts (unlabelled ones count against it) and
+    the minority share is the smaller concept's share. Chosen from ground truth only, never from
+    how well a method splits it.
+
+    Parameters
+    ----------
+    concepts : LongTensor [channels, n_ref]
+        One label per reference of every channel, -1 for none (e.g. :func:`causal_concepts`).
+    n_concepts : int
+    min_share : float
+
+    Returns
+    -------
+    int
+        The neuron (row of ``concepts``).
+
+    Examples
+    --------
+    >>> concepts = torch.tensor([[0, 0, 0, 1, 2, -1],   # 3 concepts: not a two-concept neuron
+    ...                          [0, 0, 0, 0, 1, 1],    # coverage 1, minority 1/3
+    ...                          [0, 0, 1, 1, -1, -1]]) # coverage 2/3, minority 1/2
+    >>> clearest_two_concept_neuron(concepts, 3)
+    1
+    """
+    concepts = torch.as_tensor(concepts).long()
+    shares = label_shares(concepts, n_concepts)
+    best, best_score = None, -1.0
+    for k, row in enumerate(shares):
+        top = row.argsort(descending=True)[:2]
+        if int((row >= min_share).sum()) != 2:
+            continue
+        coverage = float(((concepts[k] == top[0]) | (concepts[k] == top[1])).float().mean())
+        score = coverage * float(row[top[1]])
+        if score > best_score:
+            best, best_score = k, score
+    if best is None:
+        raise PuretoolsError(f"No neuron has exactly two concepts with a share >= {min_share}.")
+    return best
 
 
 def ground_truth_scores(cluster_labels, concept_labels) -> dict[str, float]:
