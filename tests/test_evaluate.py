@@ -182,6 +182,10 @@ def test_evaluate_toy_world_in_one_call(tmp_path):
     for row in result.table.rows:  # splitting can only lower intra / raise inter vs no split on average
         assert row.intra.mean < result.table.unclustered.mean < row.inter.mean
     assert set(result.correlations) == {"PURE", "activations"}
+    # ARI against causal labels; k-means in the concept space itself is the ground-truth bound
+    assert set(result.ari) == {"PURE", "activations", "ground truth"}
+    assert all(-1 <= v.mean <= 1 for v in result.ari.values())
+    assert result.ari["PURE"].mean > 0.5
     figures = {"distances": pt.plot_cluster_distances(result.table), "correlation":
                pt.plot_distance_correlation(result.correlations)}
     for name, fig in figures.items():
