@@ -2,10 +2,11 @@
 
     .venv/bin/python docs/make_figures.py          # about a minute on a 2-core CPU
 
-writes ``docs/virtual_neurons.png`` (one polysemantic neuron split into two virtual neurons),
+writes ``docs/virtual_neurons.png`` (one polysemantic neuron split into two virtual neurons:
+the one notebook 03 features, chosen from its causal labels),
 ``docs/concept_mix.png`` (the concept mix of every neuron of ``layer4``) and
 ``docs/distances.png`` (``evaluate_toy_world``'s intra/inter distances, k = 2), and prints the
-facts the README's caption states. Run it again whenever ``data/toyworld/model.safetensors``
+facts the README's caption states (scores against causal labels). Run it again whenever ``data/toyworld/model.safetensors``
 changes. Results are cached in ``$PURETOOLS_CACHE`` like the notebooks'.
 """
 
@@ -23,7 +24,7 @@ import torch  # noqa: E402
 import puretools as pt  # noqa: E402
 import puretools.config  # noqa: E402
 from puretools import toyworld  # noqa: E402
-from puretools.widgets import explorer_figure, explorer_scores, prepare_explorer  # noqa: E402
+from puretools.widgets import explorer_figure, prepare_explorer  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent
 DPI = 70  # the README shows the figures small (the size of the figures it showed before)
@@ -37,8 +38,8 @@ def _save(fig, name: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--neuron", type=int, default=None,
-                        help="neuron of virtual_neurons.png (default: the most evenly split "
-                             "polysemantic neuron, the one notebooks 03 and 04 follow)")
+                        help="neuron of virtual_neurons.png (default: the one notebook 03 features, "
+                             "toyworld.clearest_two_concept_neuron of the causal labels)")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
@@ -46,18 +47,18 @@ def main(argv: list[str] | None = None) -> None:
     model = pt.load_model("toy")
     data = toyworld.ToyWorld(split="test")
     refs = pt.collect_references(model, data, toyworld.LAYER, n_ref=100, cache_dir=cache)
-    poly = toyworld.polysemantic_neurons(refs.indices, data.labels)
+    causal = toyworld.causal_concepts(model, data, toyworld.LAYER, refs)  # [channels, n_ref], -1: no cause
+    poly = toyworld.polysemantic_neurons(refs.indices, data.labels, concepts=causal)
 
     mix = torch.stack([toyworld.concept_mix(data.labels[row]) for row in refs.indices])
     _save(pt.plot_concept_mix(mix, toyworld.CONCEPTS), "concept_mix.png")
 
     evaluation = pt.evaluate_toy_world(cache_dir=cache)
-    _save(evaluation.distances_figure, "distances.png")
+    _save(pt.plot_cluster_distances(evaluation.table, title="toy world, ground-truth concept space"),
+          "distances.png")
 
-    def second_share(n: int) -> float:
-        return float(toyworld.dominant_shares(data.labels[refs.indices[n]]).sort(descending=True).values[1])
-
-    neuron = max(poly, key=second_share) if args.neuron is None else args.neuron
+    n_concepts = len(toyworld.CONCEPTS)
+    neuron = toyworld.clearest_two_concept_neuron(causal, n_concepts) if args.neuron is None else args.neuron
     explorer_data = prepare_explorer(
         model, data, toyworld.LAYER, toyworld.LOWER_LAYER, refs, neurons=[neuron],
         concept_labels=data.labels, concept_names=toyworld.CONCEPTS,
@@ -65,19 +66,30 @@ def main(argv: list[str] | None = None) -> None:
     )
     _save(explorer_figure(explorer_data, 0, 2, "PURE", "crop"), "virtual_neurons.png")
 
-    shares = toyworld.dominant_shares(data.labels[refs.indices[neuron]])
-    top = shares.argsort(descending=True)[:3]
-    print(f"\npolysemantic neurons of {toyworld.LAYER} ({refs.n_channels} channels): {poly}")
-    print(f"neuron {neuron}: " + ", ".join(f"{toyworld.CONCEPTS[c]} {shares[c]:.0%}" for c in top if shares[c] > 0))
-    labels = explorer_data.labels(0, "PURE", 2)
-    concepts = explorer_data.concepts[0]
-    for c in range(2):
-        members = concepts[torch.as_tensor(labels == c)]
-        counts = torch.bincount(members.clamp(min=0), minlength=len(toyworld.CONCEPTS)) / len(members)
-        print(f"  virtual neuron {c}: {len(members)} references, " + ", ".join(
-            f"{toyworld.CONCEPTS[i]} {counts[i]:.0%}" for i in counts.argsort(descending=True)[:2] if counts[i] > 0))
-    print("  PURE vs ground truth (k = 2):", explorer_scores(explorer_data, 0, 2, "PURE"))
-    print("  activations vs ground truth (k = 2):", explorer_scores(explorer_data, 0, 2, "activations"))
+    def shares_text(labels: torch.Tensor, top: int = 3) -> str:
+        shares = toyworld.label_shares(labels, n_concepts)
+        return ", ".join(f"{toyworld.CONCEPTS[c]} {shares[c]:.0%}" for c in shares.argsort(descending=True)[:top]
+                         if shares[c] > 0)
+
+    truth = causal[neuron]
+    print(f"\npolysemantic neurons of {toyworld.LAYER} ({refs.n_channels} channels, causal labels): {poly}")
+    print(f"neuron {neuron}: {shares_text(truth)} of its {int((truth >= 0).sum())} causally labelled "
+          f"references ({int((truth < 0).sum())} of {refs.n_ref} have no single cause)")
+    for method in ("PURE", "activations"):
+        labels = torch.as_tensor(explorer_data.labels(0, method, 2))
+        for c in range(2):
+            print(f"  {method} virtual neuron {c}: {int((labels == c).sum())} references, {shares_text(truth[labels == c], 2)}")
+        print(f"  {method} vs causal labels (k = 2):", toyworld.ground_truth_scores(labels, truth))
+
+    # over all polysemantic neurons, ground-truth k, as notebook 03 section 6 and the benchmark
+    ks = [int((toyworld.label_shares(causal[n], n_concepts) >= 0.2).sum()) for n in poly]
+    circuits = pt.circuit_attributions(model, data, toyworld.LAYER, toyworld.LOWER_LAYER, refs, neurons=poly,
+                                       cache_dir=cache, progress=False)
+    acts = pt.activation_features(model, data, toyworld.LAYER, refs, neurons=poly)
+    for name, features in (("PURE", circuits), ("activations", acts)):
+        vn = pt.VirtualNeurons(seed=0).fit(features, k=ks)
+        ari = [toyworld.ground_truth_scores(vn.labels[j], causal[n])["ari"] for j, n in enumerate(poly)]
+        print(f"mean ARI over the {len(poly)} polysemantic neurons, {name}: {sum(ari) / len(ari):.2f}")
 
 
 if __name__ == "__main__":

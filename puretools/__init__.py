@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from .circuits import circuit_attributions, memory_plan, subnetwork
+from .disentangle import compare_on_toy
 from .editing import edit_virtual_neurons
 from .embed import ClipEmbedder, ConceptEmbedder, DinoEmbedder, Embedder, embed_dataset
 from .errors import CacheError, PuretoolsError, WeightsNotFoundError
@@ -36,6 +37,7 @@ from .patches import (
     reference_patches,
     relevance_map,
 )
+from .planted import class_activation_units, plant_neurons, planted_sources
 from .plots import (
     patch_grid,
     plot_cluster_distances,
@@ -47,6 +49,7 @@ from .plots import (
 )
 from .references import References, check_references, collect_references
 from .routing import route_images, virtual_activations, virtual_heatmaps
+from .sae import sae_split, train_layer_sae
 from .virtual import VirtualNeurons, activation_features
 
 __all__ = [
@@ -67,11 +70,13 @@ __all__ = [
     "activation_features",
     "canonizer_report",
     "canonizers_for",
+    "class_activation_units",
     "circuit_attributions",
     "memory_plan",
     "cluster_distances",
     "check_references",
     "collect_references",
+    "compare_on_toy",
     "crop_box",
     "crop_patch",
     "distance_correlation",
@@ -85,6 +90,8 @@ __all__ = [
     "masked_patch",
     "patch_grid",
     "patches_from_heatmaps",
+    "plant_neurons",
+    "planted_sources",
     "plot_cluster_distances",
     "plot_concept_mix",
     "plot_distance_correlation",
@@ -94,7 +101,9 @@ __all__ = [
     "reference_heatmaps",
     "reference_patches",
     "relevance_map",
+    "sae_split",
     "subnetwork",
+    "train_layer_sae",
     "umap_embedding",
     "virtual_neuron_grids",
     "clip_text_labels",

@@ -224,12 +224,12 @@ def _attribute(args) -> None:
 def _toy_train(args) -> None:
     from . import toyworld
 
-    kwargs = {"seed": args.seed}
+    kwargs = {"seed": args.seed, "overwrite": args.force}
     if args.epochs is not None:
         kwargs["epochs"] = args.epochs
     if args.out is not None:
         kwargs["out_dir"] = args.out
-    record = toyworld.train(**kwargs)
+    record = toyworld.train(**kwargs)  # refuses to overwrite a checkpoint unless --force
     print({k: v for k, v in record.items() if not isinstance(v, (list, dict))})
 
 
@@ -282,10 +282,14 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("toy", help="the toy world")
     toy = p.add_subparsers(dest="toy_command", required=True)
-    t = toy.add_parser("train", help="train the toy model and write data/toyworld/")
-    t.add_argument("--epochs", type=int, default=None)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", default=None, help="output folder (default: data/toyworld)")
+    t = toy.add_parser("train", help="train a toy model (never overwrites a checkpoint unless --force)")
+    t.add_argument("--epochs", type=int, default=None, help="passes over the train split (default 10)")
+    t.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling (default 0)")
+    t.add_argument("--out", default=None,
+                   help="output folder for model.safetensors and record.json (default: data/toyworld, "
+                        "which already holds the shipped checkpoint: use e.g. --out /tmp/toy-seed1)")
+    t.add_argument("--force", action="store_true",
+                   help="replace a checkpoint already in the output folder (e.g. --out data/toyworld --force)")
     t.set_defaults(func=_toy_train)
 
     p = sub.add_parser("demo", help="execute all notebooks headless and write HTML")

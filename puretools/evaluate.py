@@ -496,13 +496,17 @@ PAPER_CORRELATIONS: dict[str, MeanSem] = {
 
 @dataclass(frozen=True)
 class ToyEvaluation:
-    """Result of :func:`evaluate_toy_world`: the paper's table and both figures, on the toy world."""
+    """Result of :func:`evaluate_toy_world`: the paper's table and correlations, on the toy world.
+
+    Draw them with :func:`puretools.plot_cluster_distances` (``.table``) and
+    :func:`puretools.plot_distance_correlation` (``.correlations``): plotting comes after
+    evaluation, so this module never imports :mod:`puretools.plots`.
+    """
 
     neurons: list[int]
     table: DistanceTable
     correlations: dict[str, MeanSem]
-    distances_figure: object
-    correlation_figure: object
+    ari: dict[str, MeanSem] = field(default_factory=dict)
 
 
 def evaluate_toy_world(
@@ -514,27 +518,30 @@ def evaluate_toy_world(
     """The paper's evaluation on the toy world, in one call, with ground truth as the evaluation space.
 
     Loads the shipped toy model and the test split, takes the ground-truth polysemantic
-    neurons of ``LAYER``, clusters their references into ``k`` virtual neurons with PURE
-    (circuits from ``LOWER_LAYER``), the activation baseline and k-means in the evaluation
-    space itself (the ground-truth upper bound), and measures intra/inter distances and the
-    distance correlation in the space of the references' multi-hot concept vectors.
+    neurons of ``LAYER`` (by causal labels, :func:`puretools.toyworld.causal_concepts`),
+    clusters their references into ``k`` virtual neurons with PURE (circuits from
+    ``LOWER_LAYER``), the activation baseline and k-means in the evaluation space itself (the
+    ground-truth upper bound), and measures intra/inter distances and the distance correlation
+    in the space of the references' multi-hot concept vectors, and the ARI of each clustering
+    against the causal labels (references without one left out).
 
     Returns
     -------
     ToyEvaluation
-        ``.table`` (:class:`DistanceTable`), ``.correlations`` and the two figures.
+        ``.neurons``, ``.table`` (:class:`DistanceTable`), ``.correlations`` and ``.ari``
+        (mean and standard error over the neurons, per method).
     """
     from . import toyworld
     from .circuits import circuit_attributions
     from .models import load_model
-    from .plots import plot_cluster_distances, plot_distance_correlation
     from .references import collect_references
     from .virtual import VirtualNeurons, activation_features
 
     model = load_model("toy")
     data = toyworld.ToyWorld(split="test")
     refs = collect_references(model, data, toyworld.LAYER, n_ref=100, cache_dir=cache_dir, progress=progress)
-    neurons = toyworld.polysemantic_neurons(refs.indices, data.labels)
+    causal = toyworld.causal_concepts(model, data, toyworld.LAYER, refs)  # [channels, n_ref], -1: no single cause
+    neurons = toyworld.polysemantic_neurons(refs.indices, data.labels, concepts=causal)
     if not neurons:
         raise PuretoolsError("The toy model has no polysemantic neuron to evaluate.")
     circuits = circuit_attributions(model, data, toyworld.LAYER, toyworld.LOWER_LAYER, refs, neurons=neurons,
@@ -549,10 +556,7 @@ def evaluate_toy_world(
     table = evaluate_clusterings(space, labels, space="ground-truth concepts")
     correlations = distance_correlation(space, {"PURE": circuits, "activations": acts},
                                         n_subsets=len(neurons), subset_size=1)
-    return ToyEvaluation(
-        neurons=neurons,
-        table=table,
-        correlations=correlations,
-        distances_figure=plot_cluster_distances(table, title="toy world, ground-truth concept space"),
-        correlation_figure=plot_distance_correlation(correlations, title="correlation with ground-truth distances"),
-    )
+    ari = {}
+    for name, lab in labels.items():
+        ari[name] = mean_sem([toyworld.ground_truth_scores(lab[j], causal[n])["ari"] for j, n in enumerate(neurons)])
+    return ToyEvaluation(neurons=neurons, table=table, correlations=correlations, ari=ari)

@@ -9,11 +9,12 @@ from torch import nn
 
 from puretools import toyworld as tw
 from puretools.errors import WeightsNotFoundError
+from puretools.toyworld import training, world
 
 
 def fresh(split: str, n: int, seed: int = 0) -> torch.Tensor:
     """Pixels of a split generated anew, bypassing the per-process cache."""
-    return tw._generate.__wrapped__(split, n, seed)[0]
+    return world._generate.__wrapped__(split, n, seed)[0]
 
 
 # ---------------------------------------------------------------------------------- generator
@@ -34,7 +35,7 @@ def test_splits_and_seeds_differ():
 
 
 def test_a_smaller_world_is_a_prefix_of_the_larger_one():
-    small, large = tw.ToyWorld("test", n=7), tw.ToyWorld("test", n=tw._CHUNK + 30)
+    small, large = tw.ToyWorld("test", n=7), tw.ToyWorld("test", n=world._CHUNK + 30)
     assert torch.equal(small.pixels, large.pixels[:7])
     assert torch.equal(small.labels, large.labels[:7])
 
@@ -100,7 +101,7 @@ def record():
 
 def test_shipped_checkpoint_matches_its_record(record):
     path = tw.DATA_DIR / "model.safetensors"
-    assert tw._sha256(path) == record["sha256"]
+    assert training._sha256(path) == record["sha256"]
     assert path.stat().st_size < 5e6
     assert record["metric"] == "mean_per_concept_accuracy" and record["value"] >= 0.9
 
@@ -139,9 +140,40 @@ def test_toy_model_is_fx_traceable_and_canonizable(toy_model):
 
 def test_shipped_model_accuracy_is_near_the_recorded_figure(toy_model, record):
     ds = tw.ToyWorld("test", n=500)
-    metrics = tw._evaluate(toy_model, ds)
+    metrics = training._evaluate(toy_model, ds)
     assert abs(metrics["mean_per_concept_accuracy"] - record["value"]) < 0.02
     assert metrics["mean_per_concept_accuracy"] >= 0.9
+
+
+def test_record_reports_metrics_not_inflated_by_negatives(toy_model, record):
+    metrics = training._evaluate(toy_model, tw.ToyWorld("test"))  # the whole test split, as recorded
+    for key in ("mean_per_concept_accuracy", "exact_match_accuracy", "macro_f1", "all_absent_per_concept_accuracy"):
+        assert record[key] == pytest.approx(metrics[key], abs=1e-4), key
+    assert record["per_concept_f1"] == metrics["per_concept_f1"]
+    assert set(record["per_concept_f1"]) == set(tw.CONCEPTS)
+    assert record["macro_f1"] == pytest.approx(np.mean(list(record["per_concept_f1"].values())), abs=1e-4)
+    # predicting "absent" everywhere is already > 0.9 per-concept accuracy; exact match is far lower
+    assert record["all_absent_per_concept_accuracy"] > 0.9
+    assert record["exact_match_accuracy"] < record["mean_per_concept_accuracy"]
+    assert "exact_match_accuracy" in training.METRICS_NOTE and "macro_f1" in training.METRICS_NOTE
+
+
+def test_training_never_overwrites_a_checkpoint_unless_asked(tmp_path, record):
+    import subprocess
+    import sys
+
+    kwargs = dict(n_train=64, max_batches=1, batch_size=64, verbose=False, widths=(4, 4, 8, 4))
+    first = tw.train(tmp_path, **kwargs)
+    with pytest.raises(ValueError, match="overwrite"):
+        tw.train(tmp_path, seed=5, **kwargs)
+    assert training._sha256(tmp_path / "model.safetensors") == first["sha256"]
+    assert tw.train(tmp_path, seed=5, overwrite=True, **kwargs)["sha256"] != first["sha256"]
+    # the command line's default output is the shipped checkpoint's folder: refused before training
+    shipped = tw.DATA_DIR / "model.safetensors"
+    result = subprocess.run([sys.executable, "-m", "puretools", "toy", "train", "--epochs", "1"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode != 0 and "--force" in result.stderr and "already exists" in result.stderr
+    assert training._sha256(shipped) == record["sha256"]
 
 
 def test_missing_checkpoint_says_how_to_train(tmp_path):
@@ -157,7 +189,7 @@ def test_short_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_pat
     history = record["loss_history"]
     assert len(history) == 6 and history[-1] < history[0]
     saved = json.loads((tmp_path / "record.json").read_text())
-    assert saved["sha256"] == tw._sha256(tmp_path / "model.safetensors") == record["sha256"]
+    assert saved["sha256"] == training._sha256(tmp_path / "model.safetensors") == record["sha256"]
     assert saved["config"]["widths"] == [8, 8, 16, 4] and saved["steps"] == 6
     model = tw.load_toy_model(tmp_path / "model.safetensors")
     assert isinstance(model, nn.Module) and not model.training
@@ -194,7 +226,7 @@ def test_concept_mix_and_dominant_concepts():
 def test_ground_truth_scores_on_a_hand_example():
     truth = np.array([3, 3, 3, 7, 7, 7, 9, 9])
     perfect = tw.ground_truth_scores(np.array([0, 0, 0, 1, 1, 1, 2, 2]), truth)
-    assert perfect == {"ari": 1.0, "purity": 1.0}
+    assert perfect == {"ari": 1.0, "purity": 1.0, "n_scored": 8, "n_excluded": 0}
     permuted = tw.ground_truth_scores(np.array([2, 2, 2, 0, 0, 0, 1, 1]), truth)
     assert permuted == perfect
     merged = tw.ground_truth_scores(np.array([0, 0, 0, 1, 1, 1, 1, 1]), truth)
@@ -206,6 +238,20 @@ def test_ground_truth_scores_on_a_hand_example():
     assert tw.ground_truth_scores(np.array([0, 0, 0, 1, 1, 1, 2, 2]), multi) == perfect
     with pytest.raises(ValueError):
         tw.ground_truth_scores([0, 1], [0, 1, 2])
+
+
+def test_ground_truth_scores_leave_out_and_count_unlabelled_references():
+    truth = np.array([3, 3, 3, 7, 7, 7, -1, -1])
+    # the two unlabelled references sit in the wrong cluster: they must not lower the scores
+    scores = tw.ground_truth_scores(np.array([0, 0, 0, 1, 1, 1, 0, 0]), truth)
+    assert scores == {"ari": 1.0, "purity": 1.0, "n_scored": 6, "n_excluded": 2}
+    assert tw.ground_truth_scores([0, 1], [-1, -1])["n_scored"] == 0
+    assert np.isnan(tw.ground_truth_scores([0, 1], [-1, -1])["ari"])
+
+
+def test_label_shares_leave_out_unlabelled_references():
+    shares = tw.label_shares(torch.tensor([[1, 1, 2, -1], [-1, -1, -1, -1]]), 4)
+    assert torch.allclose(shares, torch.tensor([[0, 2 / 3, 1 / 3, 0], [0, 0, 0, 0]]))
 
 
 def test_polysemantic_neurons_on_a_hand_example():
@@ -243,3 +289,113 @@ def test_shipped_model_meets_the_issue_3_criteria(toy_model, tmp_path):
                           for j, n in enumerate(poly)]) for name, vn in (("pure", pure), ("act", act))}  # fmt: skip
     assert ari["pure"] >= 0.8, ari
     assert ari["pure"] > ari["act"], ari  # the baseline, reported beside it, is lower on this checkpoint
+
+
+# ---------------------------------------------------------------------------------- causal labels
+
+
+def test_objects_match_labels_and_masks():
+    ds = tw.ToyWorld("test", n=200)
+    for i in range(len(ds)):
+        objects = ds.objects(i)
+        assert sorted(c for _, c in objects) == ds.labels[i].nonzero().flatten().tolist()
+        assert len({s for s, _ in objects}) == len(objects)
+    with pytest.raises(IndexError, match="out of range"):
+        ds.objects(200)
+
+
+def test_render_without_nothing_is_exact_for_every_test_image():
+    ds = tw.ToyWorld("test")
+    rows = list(range(len(ds)))
+    assert torch.equal(ds._render_rows(rows, [[]] * len(ds)), ds.images)  # vectorised
+    for i in (0, 17, 2999, -1):
+        assert torch.equal(ds.render_without(i, []), ds[i][0])  # one at a time
+
+
+def test_render_without_removes_exactly_one_object():
+    ds = tw.ToyWorld("test", n=300)
+    for i in range(len(ds)):
+        masks = ds.masks(i)
+        for slot, concept in ds.objects(i):
+            changed = (ds.render_without(i, [slot]) != ds[i][0]).any(0)
+            assert changed.any() and not (changed & ~masks[concept]).any(), (i, slot)
+    several = next(i for i in range(len(ds)) if len(ds.objects(i)) >= 2)
+    all_gone = ds.render_without(several, [s for s, _ in ds.objects(several)])
+    background = ~ds.masks(several).any(0)
+    assert torch.equal(all_gone[:, background], ds[several][0][:, background])
+    with pytest.raises(ValueError, match="no object in slot"):
+        ds.render_without(0, [2] if len(ds.objects(0)) < 3 else [5])
+
+
+@pytest.fixture(scope="module")
+def shipped_references(toy_model):
+    import puretools as pt
+
+    data = tw.ToyWorld("test")
+    return data, pt.collect_references(toy_model, data, tw.LAYER, n_ref=100, progress=False)
+
+
+def spatial_max(model, layer, images):
+    from puretools.references import layer_output
+
+    with torch.no_grad():
+        return layer_output(model, layer, images).flatten(2).amax(-1)
+
+
+def test_causal_concepts_agree_with_re_rendering_by_hand(toy_model, shipped_references):
+    data, refs = shipped_references
+    neurons = [1, 6]
+    labels = tw.causal_concepts(toy_model, data, tw.LAYER, refs, neurons=neurons)
+    assert labels.shape == (2, refs.n_ref) and labels.dtype == torch.long
+    for row, n in enumerate(neurons):
+        for r in range(0, refs.n_ref, 3):
+            i = int(refs.indices[n, r])
+            full = float(spatial_max(toy_model, tw.LAYER, data[i][0][None])[0, n])
+            drops = {}
+            for slot, concept in data.objects(i):
+                without = float(spatial_max(toy_model, tw.LAYER, data.render_without(i, [slot])[None])[0, n])
+                drops[concept] = full - without
+            best = max(drops, key=drops.get)
+            expected = best if drops[best] >= 0.5 * full else -1
+            assert int(labels[row, r]) == expected, (n, r, i, drops, full)
+
+
+def test_the_labelled_object_halves_the_activation_and_no_other_does_as_much(toy_model, shipped_references):
+    data, refs = shipped_references
+    effects = tw.causal_effects(toy_model, data, tw.LAYER, refs)
+    assert torch.equal(effects.concepts, tw.causal_concepts(toy_model, data, tw.LAYER, refs))
+    # the measured activation is the references' own spatial max
+    assert torch.allclose(effects.activation, refs.values, rtol=1e-4, atol=1e-5)
+    labelled = effects.concepts >= 0
+    assert labelled.float().mean() > 0.5  # most references have a cause
+    for n, r in labelled.nonzero().tolist()[::7]:
+        i, slot = int(refs.indices[n, r]), int(effects.slots[n, r])
+        acts = spatial_max(toy_model, tw.LAYER, torch.stack(
+            [data[i][0]] + [data.render_without(i, [s]) for s, _ in data.objects(i)]))[:, n]  # fmt: skip
+        full, without = float(acts[0]), dict(zip([s for s, _ in data.objects(i)], acts[1:].tolist()))
+        assert full - without[slot] >= 0.5 * full, (n, r)
+        assert all(full - v < full - without[slot] for s, v in without.items() if s != slot), (n, r)
+        assert dict(data.objects(i))[slot] == int(effects.concepts[n, r])
+    # unlabelled references: no single removal halves the activation
+    drop = torch.nan_to_num(effects.drop, nan=-1.0).amax(-1)
+    assert (drop[~labelled] < 0.5).all() and (drop[labelled] >= 0.5).all()
+
+
+def test_causal_labels_need_the_toy_world(toy_model):
+    from torch.utils.data import TensorDataset
+
+    other = TensorDataset(torch.zeros(4, 3, 32, 32))
+    with pytest.raises(ValueError, match="ToyWorld"):
+        tw.causal_concepts(toy_model, other, tw.LAYER, torch.zeros(8, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="out of range"):
+        tw.causal_concepts(toy_model, tw.ToyWorld("test", n=10), tw.LAYER, torch.zeros(8, 2, dtype=torch.long),
+                           neurons=[8])  # fmt: skip
+
+
+def test_reference_concepts_default_to_causal_and_keep_the_dominant_ones(toy_model, shipped_references):
+    data, refs = shipped_references
+    causal = tw.reference_concepts(toy_model, data, tw.LAYER, refs, neurons=[0, 3])
+    dominant = tw.reference_concepts(toy_model, data, tw.LAYER, refs, neurons=[0, 3], kind="dominant")
+    assert torch.equal(causal, tw.causal_concepts(toy_model, data, tw.LAYER, refs, neurons=[0, 3]))
+    assert torch.equal(dominant[1], tw.dominant_concepts(data.labels[refs.indices[3]]))
+    assert (dominant >= 0).all() and (causal == -1).any()

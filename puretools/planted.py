@@ -1,0 +1,288 @@
+"""Planted polysemantic neurons: two units of known meaning summed into one extra channel of a layer.
+
+A planted neuron is a ground truth you can build in any model: pick units whose meaning you
+know (for the toy model, the class-activation maps of two concepts: ``fc`` applied at every
+position of ``layer4``), rectify them and add them up in one new channel. Each of its reference
+samples then has a true source: the unit that is larger at the neuron's max location. Planting
+two of the model's own polysemantic channels would not be a fair test (each already mixes
+concepts, so k = 2 virtual neurons would be the wrong answer); units of one meaning each are.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .errors import PuretoolsError
+from .models import get_module
+from .references import References, collate_images, layer_output, prepare_model, resolve_device
+
+__all__ = ["PlantedLayer", "PlantedNeurons", "class_activation_units", "plant_neurons", "planted_sources"]
+
+
+class PlantedLayer(nn.Module):
+    """Appends planted channels to its input: ``[h, sum over each group of relu(units(h))]``.
+
+    Parameters
+    ----------
+    units : nn.Module
+        Maps the layer's output [B, C, H, W] to unit maps [B, n_units, H, W].
+    groups : LongTensor [P, G]
+        The units summed into each planted channel.
+
+    Examples
+    --------
+    >>> units = nn.Conv2d(4, 3, 1)
+    >>> plant = PlantedLayer(units, torch.tensor([[0, 1], [1, 2]]))
+    >>> plant(torch.randn(2, 4, 5, 5)).shape  # 4 channels + 2 planted ones
+    torch.Size([2, 6, 5, 5])
+    """
+
+    def __init__(self, units: nn.Module, groups: torch.Tensor) -> None:
+        super().__init__()
+        self.units = units
+        self.register_buffer("groups", torch.as_tensor(groups, dtype=torch.long))
+
+    def unit_maps(self, h: torch.Tensor) -> torch.Tensor:
+        """Rectified unit maps [B, n_units, H, W]."""
+        return torch.relu(self.units(h))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        u = self.unit_maps(h)
+        planted = u[:, self.groups].sum(2)  # [B, P, H, W]
+        return torch.cat([h, planted], 1)
+
+
+class _Host(nn.Module):
+    """Stands where the original layer stood: runs it (``inner``), plants, passes the original channels on."""
+
+    def __init__(self, inner: nn.Module, planted: PlantedLayer, n_channels: int, name: str) -> None:
+        super().__init__()
+        self.inner = inner
+        self.name = name
+        self.n_channels = n_channels
+        self.add_module(name, planted)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = getattr(self, self.name)(self.inner(x))
+        return out[:, : self.n_channels]
+
+
+@dataclass(frozen=True)
+class PlantedNeurons:
+    """Result of :func:`plant_neurons`.
+
+    Attributes
+    ----------
+    model : nn.Module
+        A copy of the model with the planted channels (its outputs are unchanged).
+    layer : str
+        The wrapper module whose output holds the layer's own channels followed by the planted
+        ones, e.g. ``"layer4.planted"``; use it as the ``layer`` of collect_references,
+        circuit_attributions (with the usual ``lower_layer``) and activation_features.
+    inner : str
+        The original layer inside the copy (e.g. ``"layer4.inner"``): its own channels only.
+    channels : list of int
+        Index of each planted neuron in ``layer``'s output (after the original channels).
+    groups : LongTensor [P, G]
+        The units summed into each planted neuron.
+    """
+
+    model: nn.Module
+    layer: str
+    inner: str
+    channels: list[int]
+    groups: torch.Tensor
+
+    @property
+    def planted_layer(self) -> PlantedLayer:
+        return get_module(self.model, self.layer)
+
+
+def class_activation_units(fc: nn.Linear) -> nn.Conv2d:
+    """A linear head applied at every position: the class-activation maps of all its outputs.
+
+    ``fc(mean over positions of h) = mean over positions of unit_maps(h)``, so each unit is the
+    map of one class logit (bias included) over the layer's positions.
+
+    Parameters
+    ----------
+    fc : nn.Linear
+        The model's last layer (in_features = channels of the layer it follows).
+
+    Returns
+    -------
+    nn.Conv2d
+        1x1 convolution ``in_features -> out_features``, frozen copy of ``fc``'s weights.
+
+    Examples
+    --------
+    >>> fc = nn.Linear(8, 16)
+    >>> cam = class_activation_units(fc)
+    >>> h = torch.randn(2, 8, 4, 4)
+    >>> torch.allclose(cam(h).mean((2, 3)), fc(h.mean((2, 3))), atol=1e-6)
+    True
+    """
+    if not isinstance(fc, nn.Linear):
+        raise TypeError(f"class_activation_units needs an nn.Linear head, got {type(fc).__name__}.")
+    conv = nn.Conv2d(fc.in_features, fc.out_features, 1, bias=fc.bias is not None)
+    with torch.no_grad():
+        conv.weight.copy_(fc.weight.detach()[:, :, None, None])
+        if fc.bias is not None:
+            conv.bias.copy_(fc.bias.detach())
+    return conv.requires_grad_(False).to(fc.weight.device)
+
+
+def plant_neurons(
+    model: nn.Module,
+    layer: str,
+    units: nn.Module,
+    groups: Sequence[Sequence[int]] | torch.Tensor,
+    name: str = "planted",
+) -> PlantedNeurons:
+    """Plant neurons made of known units as extra channels of ``layer``, in a copy of ``model``.
+
+    The copy's module ``layer`` becomes a wrapper that runs the original layer (``inner``),
+    then a :class:`PlantedLayer` named ``name`` that appends one channel per group:
+    ``sum over u in group of relu(units(h)[u])``, and passes the original channels on, so the
+    model's outputs do not change. The wrapper is traced by torch.fx like any container,
+    so :func:`puretools.circuit_attributions` works from the usual lower layer to
+    ``f"{layer}.{name}"``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Left unchanged (it is copied).
+    layer : str
+        The layer whose output [B, C, H, W] the units read.
+    units : nn.Module
+        [B, C, H, W] -> [B, n_units, H, W], e.g. :func:`class_activation_units` of the head.
+    groups : sequence of sequences of int, or LongTensor [P, G]
+        The units of each planted neuron, e.g. ``[(2, 10), (0, 6)]`` (G >= 2 units each).
+    name : str
+        Name of the planted module inside the wrapper.
+
+    Returns
+    -------
+    PlantedNeurons
+
+    Examples
+    --------
+    >>> import puretools as pt
+    >>> model = pt.load_model("toy")
+    >>> planted = plant_neurons(model, "layer4", class_activation_units(model.fc), [(2, 10), (0, 6)])
+    >>> planted.layer, planted.channels  # layer4 has 8 channels: the planted ones are 8 and 9
+    ('layer4.planted', [8, 9])
+    >>> x = torch.randn(2, 3, 32, 32)
+    >>> torch.allclose(planted.model(x), model(x))  # the model's outputs are unchanged
+    True
+    """
+    groups_t = torch.as_tensor(groups, dtype=torch.long)
+    if groups_t.ndim != 2 or groups_t.shape[1] < 2 or not len(groups_t):
+        raise PuretoolsError(
+            f"groups must list at least one group of >= 2 units, e.g. [(2, 10)]; got shape {tuple(groups_t.shape)}."
+        )
+    if not name.isidentifier():
+        raise PuretoolsError(f"name must be a valid module name, not {name!r}.")
+    get_module(model, layer)  # a clear error for a wrong name
+    model = copy.deepcopy(model)
+    parent_name, _, child = layer.rpartition(".")
+    parent = get_module(model, parent_name) if parent_name else model
+    inner = getattr(parent, child)
+    with torch.no_grad():  # the layer's width and the number of units, from one probe pass
+        n_channels, n_units = _probe(model, layer, units)
+    bad = groups_t[(groups_t < 0) | (groups_t >= n_units)]
+    if len(bad):
+        raise PuretoolsError(f"Unit indices {bad.tolist()} are out of range: units gives {n_units} maps (0..{n_units - 1}).")
+    host = _Host(inner, PlantedLayer(copy.deepcopy(units), groups_t), n_channels, name)
+    setattr(parent, child, host)
+    channels = list(range(n_channels, n_channels + len(groups_t)))
+    return PlantedNeurons(model.eval(), f"{layer}.{name}", f"{layer}.inner", channels, groups_t)
+
+
+def _probe(model: nn.Module, layer: str, units: nn.Module) -> tuple[int, int]:
+    """Channels of ``layer`` and unit maps of ``units``, from a forward pass on a zero image."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None:
+        raise PuretoolsError("plant_neurons needs a convolutional model (found no nn.Conv2d).")
+    size = 32
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        h = layer_output(model, layer, torch.zeros(1, first.in_channels, size, size, device=device))
+    finally:
+        model.train(was_training)
+    if h.ndim != 4:
+        raise PuretoolsError(f"Layer {layer!r} gives outputs of shape {tuple(h.shape)}; expected [B, C, H, W].")
+    u = units.to(device)(h)
+    if u.ndim != 4 or u.shape[2:] != h.shape[2:]:
+        raise PuretoolsError(
+            f"units must map [B, C, H, W] to [B, n_units, H, W]; it gave {tuple(u.shape)} for {tuple(h.shape)}."
+        )
+    return h.shape[1], u.shape[1]
+
+
+@torch.inference_mode()
+def planted_sources(
+    planted: PlantedNeurons,
+    dataset: Dataset,
+    references: References | torch.Tensor,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """The true source of each reference of each planted neuron: its larger unit at the max location.
+
+    Parameters
+    ----------
+    planted : PlantedNeurons
+    dataset : Dataset
+    references : References or LongTensor [P, n_ref]
+        One row per planted neuron, in the order of ``planted.channels`` (e.g.
+        ``collect_references(planted.model, dataset, planted.layer).indices[planted.channels]``).
+
+    Returns
+    -------
+    LongTensor [P, n_ref]
+        The unit (e.g. the concept of a class-activation map) that is larger at the location
+        where the planted neuron is largest; -1 where the neuron is 0 there.
+
+    Examples
+    --------
+    >>> import puretools as pt
+    >>> from puretools import toyworld
+    >>> model, data = pt.load_model("toy"), toyworld.ToyWorld("test", n=500)
+    >>> planted = plant_neurons(model, "layer4", class_activation_units(model.fc), [(2, 10)])
+    >>> refs = pt.collect_references(planted.model, data, planted.layer, n_ref=20, progress=False)
+    >>> sources = planted_sources(planted, data, refs.indices[planted.channels])  # [1, 20]
+    >>> sorted(set(sources[0].tolist()) - {-1}) in ([2], [10], [2, 10])  # triangle or diagonal
+    True
+    """
+    idx = references.indices if isinstance(references, References) else torch.as_tensor(references)
+    if idx.ndim != 2 or len(idx) != len(planted.channels):
+        raise PuretoolsError(
+            f"references must have one row per planted neuron ({len(planted.channels)}), got shape {tuple(idx.shape)}."
+        )
+    device = resolve_device(device, planted.model)
+    model = prepare_model(planted.model, device)
+    plant = get_module(model, planted.layer)
+    groups = plant.groups
+    unique, inverse = torch.unique(idx, return_inverse=True)
+    units = []
+    for s in range(0, len(unique), batch_size):
+        images = collate_images([dataset[int(i)] for i in unique[s : s + batch_size]]).to(device)
+        h = layer_output(model, planted.inner, images)
+        units.append(plant.unit_maps(h).flatten(2).cpu())  # [b, n_units, HW]
+    maps = torch.cat(units)[inverse]  # [P, n_ref, n_units, HW]
+    n_p, n_ref, _, hw = maps.shape
+    groups = groups.cpu()
+    member = maps.gather(2, groups[:, None, :, None].expand(n_p, n_ref, -1, hw))  # [P, n_ref, G, HW]
+    where = member.sum(2).argmax(-1)  # the planted neuron's max location [P, n_ref]
+    at_max = member.gather(3, where[:, :, None, None].expand(n_p, n_ref, member.shape[2], 1)).squeeze(-1)
+    source = groups.gather(1, at_max.argmax(-1))  # [P, n_ref]
+    return torch.where(at_max.amax(-1) > 0, source, torch.tensor(-1))

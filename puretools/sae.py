@@ -1,0 +1,322 @@
+"""A sparse-autoencoder baseline: a TopK SAE (``overcomplete``) on a layer's activations, and its split of a neuron.
+
+An SAE learns a dictionary of directions in the layer's activation space (positions as
+samples), each meant to carry one feature. Its split of neuron k: each reference goes to the
+SAE latent that contributes most to channel k at the neuron's max location. That is the
+rival PURE is compared with in ``benchmarks/bench_disentangle.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .errors import PuretoolsError
+from .references import References, collate_images, layer_output, prepare_model, resolve_device
+
+__all__ = ["LayerSAE", "activations_at_max", "sae_contributions", "sae_split", "train_layer_sae"]
+
+
+@dataclass(frozen=True)
+class LayerSAE:
+    """A trained sparse autoencoder of one layer (:func:`train_layer_sae`).
+
+    Attributes
+    ----------
+    sae : nn.Module
+        overcomplete's ``TopKSAE`` (eval mode); it reads activations divided by ``scale``.
+    layer : str
+    n_latents, top_k : int
+    scale : float
+        Root mean square of the training activations; inputs are divided by it.
+    r2 : float
+        Share of the training activations' variance the reconstruction explains.
+    dead : float
+        Share of latents never active on the training positions.
+    """
+
+    sae: nn.Module
+    layer: str
+    n_latents: int
+    top_k: int
+    scale: float
+    r2: float
+    dead: float
+
+    def encode(self, h: torch.Tensor) -> torch.Tensor:
+        """Codes [M, n_latents] of activation vectors ``h`` [M, C] (TopK: ``top_k`` nonzero per row)."""
+        return self.sae.encode(h / self.scale)[1]
+
+    @property
+    def dictionary(self) -> torch.Tensor:
+        """Decoder directions [n_latents, C] in the layer's units: ``h ~ codes @ dictionary``."""
+        return self.sae.get_dictionary().detach() * self.scale
+
+
+def _overcomplete_sae():
+    """overcomplete's ``TopKSAE``, ``train_sae`` and ``r2_score``.
+
+    overcomplete 0.3.0 calls ``matplotlib.cm.get_cmap`` when imported (for its plotting
+    helpers), which matplotlib 3.9 removed; for that import only, ``matplotlib.cm`` gets the
+    registry's equivalent ``matplotlib.colormaps.get_cmap``, removed again afterwards.
+    """
+    import matplotlib
+    import matplotlib.cm
+
+    shim = not hasattr(matplotlib.cm, "get_cmap")
+    if shim:
+        matplotlib.cm.get_cmap = matplotlib.colormaps.get_cmap
+    try:
+        from overcomplete.metrics import r2_score
+        from overcomplete.sae import TopKSAE, train_sae
+    except ImportError as err:
+        raise PuretoolsError(
+            f"The SAE baseline needs the package overcomplete ({err}); install it with `pip install overcomplete`."
+        ) from err
+    finally:
+        if shim:
+            del matplotlib.cm.get_cmap
+    return TopKSAE, train_sae, r2_score
+
+
+def _positions(model, dataset, layer, n_images, batch_size, device) -> torch.Tensor:
+    rows = []
+    with torch.inference_mode():
+        for s in range(0, n_images, batch_size):
+            images = collate_images([dataset[i] for i in range(s, min(s + batch_size, n_images))])
+            out = layer_output(model, layer, images.to(device)).float()
+            if out.ndim != 4:
+                raise PuretoolsError(f"Layer {layer!r} gives outputs of shape {tuple(out.shape)}; expected [B, C, H, W].")
+            rows.append(out.permute(0, 2, 3, 1).reshape(-1, out.shape[1]).cpu())
+    return torch.cat(rows)
+
+
+def train_layer_sae(
+    model: nn.Module,
+    dataset: Dataset,
+    layer: str,
+    n_latents: int | None = None,
+    top_k: int | None = None,
+    epochs: int = 20,
+    n_images: int | None = None,
+    batch_size: int = 1024,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> LayerSAE:
+    """Train a TopK sparse autoencoder (overcomplete's ``TopKSAE``) on ``layer``'s activations.
+
+    Every spatial position of every image is one sample (a vector of the layer's C channels).
+    The activations are divided by their root mean square; the SAE is overcomplete's default
+    (linear encoder, ReLU, top-k, unit-norm dictionary), trained with overcomplete's
+    ``train_sae`` on the mean squared error, Adam, seeded. On the toy world (3,000 images,
+    64 positions each, C = 8) it takes a few seconds on a CPU.
+
+    Parameters
+    ----------
+    model : nn.Module
+    dataset : Dataset
+        Images to train on (use another split than the one you evaluate on).
+    layer : str
+    n_latents : int, optional
+        Dictionary size (default ``4 * C``).
+    top_k : int, optional
+        Active latents per sample (default ``max(1, C // 2)``).
+    epochs, batch_size, lr
+        Optimiser settings.
+    n_images : int, optional
+        Use the first ``n_images`` images (default: all).
+    seed : int
+        Seeds the initialisation and the shuffling.
+    device : str or torch.device, optional
+
+    Returns
+    -------
+    LayerSAE
+
+    Examples
+    --------
+    >>> import puretools as pt
+    >>> from puretools import toyworld
+    >>> model, train = pt.load_model("toy"), toyworld.ToyWorld("train", n=200)
+    >>> sae = train_layer_sae(model, train, "layer4", epochs=2)
+    >>> sae.n_latents, sae.top_k, sae.dictionary.shape  # 8 channels: 32 latents, 4 active
+    (32, 4, torch.Size([32, 8]))
+    >>> codes = sae.encode(torch.rand(5, 8))  # [5 samples, 32 latents]
+    >>> (codes > 0).sum(1).le(4).all().item()
+    True
+    """
+    TopKSAE, train_sae, r2_score = _overcomplete_sae()
+    device = resolve_device(device, model)
+    model = prepare_model(model, device)
+    n_images = len(dataset) if n_images is None else min(int(n_images), len(dataset))
+    x = _positions(model, dataset, layer, n_images, 256, device)  # [n_images * H * W, C]
+    c = x.shape[1]
+    n_latents = 4 * c if n_latents is None else int(n_latents)
+    top_k = max(1, c // 2) if top_k is None else int(top_k)
+    if not 1 <= top_k <= n_latents:
+        raise PuretoolsError(f"top_k must lie in 1..n_latents ({n_latents}), got {top_k}.")
+    scale = float(x.square().mean().sqrt().clamp(min=1e-12))
+    x = (x / scale).to(device)
+    torch.manual_seed(seed)
+    sae = TopKSAE(c, nb_concepts=n_latents, top_k=top_k, device=str(device))
+    loader = torch.utils.data.DataLoader(
+        x, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
+
+    def mse(x, x_hat, pre_codes, codes, dictionary):
+        return (x - x_hat).square().mean()
+
+    train_sae(sae, loader, mse, optimizer, nb_epochs=epochs, monitoring=0, device=str(device))
+    sae.eval()
+    with torch.no_grad():
+        _, codes, x_hat = sae(x)
+        r2 = float(r2_score(x, x_hat))
+        dead = float(((codes > 0).sum(0) == 0).float().mean())
+    return LayerSAE(sae, layer, n_latents, top_k, scale, r2, dead)
+
+
+@torch.inference_mode()
+def activations_at_max(
+    model: nn.Module,
+    dataset: Dataset,
+    layer: str,
+    references: References | torch.Tensor,
+    neurons: Sequence[int],
+    read_layer: str | None = None,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """The activation vector of ``read_layer`` where each neuron of ``layer`` is largest, per reference.
+
+    Parameters
+    ----------
+    model, dataset, layer, references
+        As in :func:`puretools.collect_references`.
+    neurons : sequence of int
+        Channels of ``layer`` (rows of ``references``).
+    read_layer : str, optional
+        The layer whose vector is read (default ``layer``); it must have the same spatial size
+        (e.g. the SAE's layer under a planted layer).
+
+    Returns
+    -------
+    Tensor [len(neurons), n_ref, C_read]
+
+    Examples
+    --------
+    >>> import puretools as pt
+    >>> from puretools import toyworld
+    >>> model, data = pt.load_model("toy"), toyworld.ToyWorld("test", n=200)
+    >>> refs = pt.collect_references(model, data, "layer4", n_ref=10, progress=False)
+    >>> h = activations_at_max(model, data, "layer4", refs, neurons=[3])  # [1, 10, 8]
+    >>> torch.allclose(h[0, :, 3], refs.values[3])  # neuron 3's own entry is its spatial max
+    True
+    """
+    idx = references.indices if isinstance(references, References) else torch.as_tensor(references)
+    idx = idx[list(neurons)]
+    read_layer = layer if read_layer is None else read_layer
+    device = resolve_device(device, model)
+    model = prepare_model(model, device)
+    unique, inverse = torch.unique(idx, return_inverse=True)
+    store: dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
+    handles = [modules[name].register_forward_hook(lambda _m, _i, out, name=name: store.__setitem__(name, out))
+               for name in {layer, read_layer}]  # fmt: skip
+    at, read = [], []
+    try:
+        for s in range(0, len(unique), batch_size):
+            model(collate_images([dataset[int(i)] for i in unique[s : s + batch_size]]).to(device))
+            at.append(store[layer][:, list(neurons)].flatten(2).float().cpu())  # [b, N, HW]
+            read.append(store[read_layer].flatten(2).float().cpu())  # [b, C, HW]
+    finally:
+        for h in handles:
+            h.remove()
+    at, read = torch.cat(at), torch.cat(read)
+    if at.shape[-1] != read.shape[-1]:
+        raise PuretoolsError(f"{layer!r} and {read_layer!r} have different spatial sizes; read a layer of the same size.")
+    where = at.argmax(-1)  # [U, N]
+    n = torch.arange(len(neurons))[:, None].expand_as(idx)
+    loc = where[inverse, n]  # [N, n_ref]
+    return read[inverse].gather(-1, loc[..., None, None].expand(*idx.shape, read.shape[1], 1)).squeeze(-1)
+
+
+def sae_contributions(
+    sae: LayerSAE, h: torch.Tensor, readout: int | Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """How much each SAE latent contributes to one neuron, for activation vectors ``h``.
+
+    For a channel ``k`` of the SAE's layer (``readout=k``) the reconstruction of the channel is
+    ``sum_j z_j D[j, k]``, so latent j contributes ``z_j D[j, k]``. For a neuron computed from
+    the layer's vector by a function ``f`` (``readout=f``, e.g. a planted neuron), latent j
+    contributes ``z_j (grad f(h) . D[j])``, the first-order share of its direction.
+
+    Parameters
+    ----------
+    sae : LayerSAE
+    h : Tensor [M, C]
+        Activation vectors of the SAE's layer (e.g. from :func:`activations_at_max`).
+    readout : int or callable [M, C] -> [M]
+
+    Returns
+    -------
+    Tensor [M, n_latents]
+
+    Examples
+    --------
+    >>> import puretools as pt
+    >>> from puretools import toyworld
+    >>> sae = train_layer_sae(pt.load_model("toy"), toyworld.ToyWorld("train", n=100), "layer4", epochs=1)
+    >>> h = torch.rand(6, 8)  # 6 activation vectors of layer4 (8 channels)
+    >>> c = sae_contributions(sae, h, 2)  # [6, 32]: latent j's share of channel 2
+    >>> torch.allclose(c.sum(1), (sae.encode(h) @ sae.dictionary)[:, 2], atol=1e-5)  # the reconstruction
+    True
+    """
+    h = torch.as_tensor(h).float()
+    with torch.no_grad():
+        z = sae.encode(h)
+    d = sae.dictionary  # [n_latents, C]
+    if isinstance(readout, int):
+        if not 0 <= readout < d.shape[1]:
+            raise PuretoolsError(f"readout={readout} is not a channel of {sae.layer!r} (0..{d.shape[1] - 1}).")
+        return z * d[:, readout]
+    with torch.enable_grad():
+        x = h.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(readout(x).sum(), x)
+    return z * (grad @ d.T)
+
+
+def sae_split(
+    sae: LayerSAE, h: torch.Tensor, readout: int | Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """The SAE's split of one neuron: each reference goes to the latent that contributes most to it.
+
+    Parameters
+    ----------
+    sae : LayerSAE
+    h : Tensor [n_ref, C]
+        The SAE layer's vector at the neuron's max location, per reference
+        (:func:`activations_at_max`).
+    readout : int or callable
+        The neuron: a channel of the SAE's layer, or a function of its vector
+        (:func:`sae_contributions`).
+
+    Returns
+    -------
+    LongTensor [n_ref]
+        Latent index per reference (cluster labels; as many clusters as latents used).
+
+    Examples
+    --------
+    >>> import puretools as pt
+    >>> from puretools import toyworld
+    >>> sae = train_layer_sae(pt.load_model("toy"), toyworld.ToyWorld("train", n=100), "layer4", epochs=1)
+    >>> sae_split(sae, torch.rand(6, 8), readout=2).shape  # one latent per reference
+    torch.Size([6])
+    """
+    return sae_contributions(sae, h, readout).argmax(-1)

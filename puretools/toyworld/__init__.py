@@ -1,0 +1,69 @@
+"""The toy world: seeded synthetic concepts with ground truth, their toy ResNet, training and scores.
+
+One module per part: :mod:`.world` (the images and their scenes), :mod:`.model` (the toy ResNet,
+its layer of interest, the shipped checkpoint), :mod:`.training` (``train``) and
+:mod:`.ground_truth` (which concept each reference holds, and scores against it) and
+:mod:`.causal` (causal labels: which object's removal lowers a neuron's activation most). Every public
+name is importable from ``puretools.toyworld`` directly.
+"""
+
+from .causal import CausalEffects, causal_concepts, causal_effects, reference_concepts
+from .ground_truth import (
+    clearest_two_concept_neuron,
+    concept_mix,
+    dominant_concepts,
+    dominant_shares,
+    ground_truth_scores,
+    label_shares,
+    polysemantic_neurons,
+)
+from .model import (
+    DATA_DIR,
+    DEFAULT_STRIDES,
+    DEFAULT_WIDTHS,
+    LAYER,
+    LOWER_LAYER,
+    ToyResNet,
+    build_model,
+    load_toy_model,
+)
+from .training import train
+from .world import (
+    CONCEPTS,
+    IMAGE_SIZE,
+    MEAN,
+    SPLIT_SIZES,
+    STD,
+    ToyWorld,
+    denormalize,
+)
+
+__all__ = [
+    "CONCEPTS",
+    "DATA_DIR",
+    "DEFAULT_STRIDES",
+    "DEFAULT_WIDTHS",
+    "IMAGE_SIZE",
+    "LAYER",
+    "LOWER_LAYER",
+    "MEAN",
+    "SPLIT_SIZES",
+    "STD",
+    "ToyResNet",
+    "CausalEffects",
+    "ToyWorld",
+    "build_model",
+    "causal_concepts",
+    "causal_effects",
+    "clearest_two_concept_neuron",
+    "concept_mix",
+    "denormalize",
+    "dominant_concepts",
+    "dominant_shares",
+    "ground_truth_scores",
+    "label_shares",
+    "load_toy_model",
+    "polysemantic_neurons",
+    "reference_concepts",
+    "train",
+]
