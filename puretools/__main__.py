@@ -235,7 +235,7 @@ def _toy_train(args) -> None:
 
 def _demo(args) -> None:
     root = Path(__file__).resolve().parent.parent
-    notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    notebooks = sorted((root / "notebooks").glob("[0-9][0-9]*_*.ipynb"))  # 05b, 05c sort after 05
     if not notebooks:
         sys.exit("No notebooks found under notebooks/.")
     out = Path(args.out).resolve()
@@ -245,7 +245,10 @@ def _demo(args) -> None:
         print(f"executing {nb.name} ...", flush=True)
         subprocess.run(
             [sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", "--execute",
-             "--ExecutePreprocessor.timeout=900", "--output-dir", str(out), str(nb)],
+             "--ExecutePreprocessor.timeout=900",
+             # no saved widget state: offline HTML then shows the explorer's PNG, not an empty widget
+             "--ExecutePreprocessor.store_widget_state=False",
+             "--output-dir", str(out), str(nb)],
             check=True, cwd=nb.parent,
         )
         print(f"  -> {out / nb.with_suffix('.html').name} ({time.perf_counter() - t:.0f} s)")
