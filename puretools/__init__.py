@@ -16,8 +16,6 @@ from .evaluate import (
     distance_correlation,
     evaluate_clusterings,
     evaluate_toy_world,
-    polysemanticity_scores,
-    rank_polysemantic,
 )
 from .labels import clip_text_labels, concept_labels
 from .models import (
@@ -47,6 +45,7 @@ from .plots import (
     umap_embedding,
     virtual_neuron_grids,
 )
+from .polysemanticity import polysemanticity_scores, rank_polysemantic
 from .references import References, check_references, collect_references
 from .routing import route_images, virtual_activations, virtual_heatmaps
 from .sae import sae_split, train_layer_sae

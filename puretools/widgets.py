@@ -16,8 +16,9 @@ from tqdm.auto import tqdm
 
 from .circuits import circuit_attributions
 from .errors import PuretoolsError
-from .evaluate import cluster_distances, polysemanticity_scores
+from .evaluate import cluster_distances
 from .patches import patches_from_heatmaps, reference_heatmaps
+from .polysemanticity import polysemanticity_scores
 from .references import References, collate_images
 from .routing import conditional_heatmaps, partition_conditions
 from .virtual import activation_features, kmeans_labels

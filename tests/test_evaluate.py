@@ -1,4 +1,4 @@
-"""Distance metrics on hand-computed examples, distance correlation, polysemanticity ranking."""
+"""Distance metrics on hand-computed examples, distance correlation, the toy-world evaluation."""
 
 import math
 
@@ -19,8 +19,6 @@ from puretools.evaluate import (
     evaluate_clusterings,
     mean_sem,
     pairwise_distances,
-    polysemanticity_scores,
-    rank_polysemantic,
 )
 
 # Five points on a line: cluster A = {0, 2, 4}, cluster B = {10, 11}.
@@ -144,29 +142,6 @@ def test_distance_correlation_is_pooled_pearson_over_subsets():
     assert distance_correlation(a, {"b": b}, **many) == distance_correlation(a, {"b": b}, **many)
     with pytest.raises(PuretoolsError, match="shape"):
         distance_correlation(a, {"b": b[:, :3]})
-
-
-def test_polysemanticity_ranks_two_group_neurons_first():
-    g = torch.Generator().manual_seed(0)
-    mono = torch.randn(3, 30, 4, generator=g)
-    poly = torch.randn(2, 30, 4, generator=g)
-    poly[:, 15:] += torch.tensor([12.0, 0, 0, 0])
-    space = torch.cat([mono[:1], poly[:1], mono[1:], poly[1:]])  # poly at positions 1 and 4
-    scores = polysemanticity_scores(space)
-    assert scores.shape == (5,)
-    assert set(rank_polysemantic(scores)[:2].tolist()) == {1, 4}
-    assert (scores[[1, 4]] > 3).all() and (scores[[0, 2, 3]] < 2).all()
-    diff = polysemanticity_scores(space, kind="difference")
-    assert set(rank_polysemantic(diff)[:2].tolist()) == {1, 4}
-    # explicit labels: the hand-computed example, inter / intra
-    one = polysemanticity_scores(POINTS[None], labels=LABELS[None])
-    assert one[0] == pytest.approx(8.5 / ((8 / 3 + 1) / 2))
-
-
-def test_rank_polysemantic_nan_and_inf():
-    scores = torch.tensor([1.0, float("nan"), float("inf"), 2.0, 1.0])
-    assert rank_polysemantic(scores).tolist() == [2, 3, 0, 4, 1]
-    assert rank_polysemantic(scores, neurons=[50, 51, 52, 53, 54]).tolist() == [52, 53, 50, 54, 51]
 
 
 def test_evaluate_toy_world_in_one_call(tmp_path):

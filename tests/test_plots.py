@@ -205,3 +205,18 @@ def test_concept_mix_labels_are_readable():
     assert to_rgba(texts["30"].get_color()) == to_rgba("white")  # on a dark cell
     assert to_rgba(texts["90"].get_color()) == to_rgba("black")  # on a light cell
     assert texts["30"].get_fontsize() >= 8
+
+
+def test_every_plotting_name_is_importable_from_the_package():
+    """``puretools.plots`` is a package of figure modules; its public names stay where they were."""
+    import puretools as pt
+    import puretools.plots as plots
+
+    assert set(plots.__all__) == {
+        "cluster_colors", "method_color", "patch_grid", "plot_cluster_distances", "plot_concept_mix",
+        "plot_distance_correlation", "plot_umap", "umap_embedding", "virtual_neuron_grids",
+    }
+    assert all(callable(getattr(plots, name)) for name in plots.__all__)
+    for name in ("patch_grid", "plot_cluster_distances", "plot_concept_mix", "plot_distance_correlation",
+                 "plot_umap", "umap_embedding", "virtual_neuron_grids"):
+        assert getattr(pt, name) is getattr(plots, name), name
