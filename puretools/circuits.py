@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -155,6 +157,14 @@ def tf32_matmuls(enabled: bool):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
+#: Images per forward pass to the lower layer on CPU: large batches of large early activations
+#: are slower there (ResNet-18 at 112 px: 1.5 s per 512 images at 64, 2.7 s in one batch).
+_CPU_FORWARD_BATCH = 64
+
+#: Re-forward into a smaller graph when fewer than this share of its rows still have a pair.
+_REFORWARD_BELOW = 0.75
+
+
 def _load_images(dataset: Dataset, indices: torch.Tensor, num_workers: int) -> torch.Tensor:
     if num_workers <= 0:
         return collate_images([dataset[int(i)] for i in indices])
@@ -164,12 +174,48 @@ def _load_images(dataset: Dataset, indices: torch.Tensor, num_workers: int) -> t
     return torch.cat(list(loader))
 
 
-#: Images per forward pass to the lower layer on CPU: large batches of large early activations
-#: are slower there (ResNet-18 at 112 px: 1.5 s per 512 images at 64, 2.7 s in one batch).
-_CPU_FORWARD_BATCH = 64
+def _lower_activations(
+    model: nn.Module,
+    dataset: Dataset,
+    images: torch.Tensor,
+    positions: torch.Tensor,
+    chunk_len: int,
+    lower_layer: str,
+    precision: str,
+    device: torch.device,
+    num_workers: int,
+) -> torch.Tensor:
+    """Load, check and forward reference images to ``lower_layer``: Tensor [len(images), C_lower, ...].
 
-#: Re-forward into a smaller graph when fewer than this share of its rows still have a pair.
-_REFORWARD_BELOW = 0.75
+    ``images`` are data-set indices, at ``positions`` of a chunk of ``chunk_len`` distinct
+    reference images (one process: all of the chunk; a rank: its share of it). On the CPU
+    each image goes through a forward pass of the size its pass has when one process
+    forwards the whole chunk (``_CPU_FORWARD_BATCH`` images, or the rest at the end of the
+    chunk), filled up with copies of an image where there are fewer: the same batch size
+    gives the same bits. Elsewhere all of them go in one pass.
+    """
+    x_all = check_images(_load_images(dataset, images, num_workers), model, images)
+    if device.type == "cpu":
+        step = _CPU_FORWARD_BATCH
+        size = (chunk_len - positions // step * step).clamp(max=step)
+    else:
+        size = torch.full_like(positions, len(positions))
+    lower = None
+    with torch.inference_mode(), _precision_context(precision, device):
+        for s in size.unique().tolist():
+            members = (size == s).nonzero().flatten()
+            for b in range(0, len(members), s):
+                batch = members[b : b + s]
+                x = x_all[batch]
+                if len(batch) < s:  # fill up to the batch size of one process
+                    x = torch.cat([x, x[:1].expand(s - len(batch), *x.shape[1:])])
+                low = forward_to(model, lower_layer, x.to(device, non_blocking=True))[: len(batch)]
+                if lower is None:
+                    lower = low.new_empty((len(images), *low.shape[1:]))
+                lower[batch.to(lower.device)] = low
+    assert lower is not None
+    check_activations(lower, lower_layer, images)
+    return lower
 
 
 def _attribute_chunk(
@@ -413,6 +459,112 @@ def circuit_attributions(
     """
     if distributed.active():  # under torchrun: the pairs split across ranks (puretools/distributed/)
         return distributed.split_circuits(**locals())
+    plan = _prepare_circuits(model, dataset, layer, lower_layer, references, neurons, method, batch_size,
+                             image_chunk, max_memory, device, precision, cache_dir)  # fmt: skip
+    if plan.hit is not None:
+        return plan.hit
+    model, device, key, pairs = plan.model, plan.device, plan.key, plan.pairs
+    image_chunk, unique_images, counts = plan.image_chunk, pairs.unique_images, pairs.counts
+    pair_end = torch.cumsum(counts, 0)
+
+    out: torch.Tensor | None = None
+    first_chunk = 0
+    if key is not None and checkpoint_every:
+        state = cache.load_cached(cache_dir, "circuits-partial", key,
+                                  expect={"out": (len(pairs.images), None), "next": ()})
+        if state is not None:  # an interrupted run with the same fingerprint: continue it
+            out, first_chunk = state["out"], int(state["next"])
+    composite = lrp_composite(model) if method == "lrp" else None
+    done = int(pair_end[first_chunk - 1]) if first_chunk else 0
+    bar = tqdm(total=len(pairs.images), initial=done, desc=f"circuits {lower_layer}<-{layer}",
+               disable=not progress, unit="pair")
+    with composite.context(model) if composite else contextlib.nullcontext():
+        for chunk_number, start in enumerate(range(first_chunk, len(unique_images), image_chunk), 1):
+            chunk = unique_images[start : start + image_chunk]
+            lower = _lower_activations(model, dataset, chunk, torch.arange(len(chunk)), len(chunk), lower_layer,
+                                       precision, device, num_workers)  # fmt: skip
+            if out is None:
+                out = torch.zeros(len(pairs.images), lower.shape[1])
+            first = int(pair_end[start - 1]) if start else 0
+            end = start + len(chunk)
+            last = int(pair_end[end - 1])
+            _attribute_chunk(plan.sub, lower, pairs.order[first:last], counts[start:end], pairs.channel, out,
+                             method, plan.batch_size, precision, device, bar)  # fmt: skip
+            if key is not None and checkpoint_every and chunk_number % checkpoint_every == 0 and end < len(unique_images):
+                saved = cache.save_cached(cache_dir, "circuits-partial", key, {"out": out, "next": torch.tensor(end)})
+                checkpoint_every = checkpoint_every if saved is not None else 0  # warned once; go on
+    bar.close()
+    assert out is not None
+    circuits = _finish_circuits(out, plan, layer, lower_layer)
+    if key is not None:
+        saved = _save_circuits(cache_dir, key, circuits, layer, lower_layer, method, precision)
+        if saved is not None:
+            cache.remove_cached(cache_dir, "circuits-partial", key)
+    return circuits
+
+
+@dataclass(frozen=True)
+class _Pairs:
+    """The (neuron, reference) pairs of a call, grouped by reference image.
+
+    Pair ``p`` is reference ``p % n_ref`` of the ``p // n_ref``-th neuron.
+    """
+
+    images: torch.Tensor  # LongTensor [P]: data-set index of each pair's image
+    channel: torch.Tensor  # LongTensor [P]: neuron (channel of ``layer``) of each pair
+    order: torch.Tensor  # LongTensor [P]: pair ids grouped by image (stable: pair order within an image)
+    unique_images: torch.Tensor  # LongTensor [U]: the distinct images, ascending
+    counts: torch.Tensor  # LongTensor [U]: pairs per distinct image
+
+
+def _pairs(ref_idx: torch.Tensor, neurons: torch.Tensor) -> _Pairs:
+    """The pairs of ``neurons`` and their references ``ref_idx`` [channels, n_ref], grouped by image."""
+    n_ref = ref_idx.shape[1]
+    images = ref_idx[neurons].reshape(-1)
+    order = torch.argsort(images, stable=True)
+    unique_images, counts = torch.unique_consecutive(images[order], return_counts=True)
+    channel = neurons[:, None].expand(-1, n_ref).reshape(-1)
+    return _Pairs(images, channel, order, unique_images, counts)
+
+
+@dataclass(frozen=True)
+class _CircuitsPlan:
+    """What :func:`circuit_attributions` checked and decided before loading any image.
+
+    Shared with the several-process path (``distributed/pairs.py``), so both check the same
+    things, use the same batch sizes and the same cache key.
+    """
+
+    model: nn.Module  # in eval mode, on ``device``
+    sub: nn.Module  # the subnetwork from ``lower_layer`` to ``layer``
+    device: torch.device
+    batch_size: int
+    image_chunk: int
+    neurons: torch.Tensor  # LongTensor [N]
+    n_ref: int
+    pairs: _Pairs
+    key: str | None  # cache key; None without a cache (or for a data set whose items change)
+    hit: torch.Tensor | None  # the verified cached circuits (only when looked up)
+
+
+def _prepare_circuits(
+    model: nn.Module,
+    dataset: Dataset,
+    layer: str,
+    lower_layer: str,
+    references: References | torch.Tensor,
+    neurons: list[int] | torch.Tensor | None,
+    method: str,
+    batch_size: int | None,
+    image_chunk: int | None,
+    max_memory: float | None,
+    device: str | torch.device | None,
+    precision: str,
+    cache_dir: str | os.PathLike | None,
+    lookup: bool = True,
+) -> _CircuitsPlan:
+    """The argument checks, the device, the subnetwork, the memory plan, the references and
+    neurons (:func:`check_references`), the pairs, the cache key and (with ``lookup``) the hit."""
     if method not in ("gradient", "lrp"):
         raise PuretoolsError(f"method must be 'gradient' or 'lrp', not {method!r}.")
     if (batch_size is not None and batch_size < 1) or (image_chunk is not None and image_chunk < 1):
@@ -430,8 +582,7 @@ def circuit_attributions(
     dataset_fp = cache.dataset_fingerprint(dataset) if use_cache or getattr(references, "dataset", None) else None
     ref_idx, neurons_t = check_references(references, dataset, layer, neurons, model, dataset_fp)
     n_ref = ref_idx.shape[1]
-
-    key = None
+    key = hit = None
     if use_cache:
         key = cache.fingerprint(
             kind="circuits",
@@ -444,72 +595,43 @@ def circuit_attributions(
             method=method,
             precision=precision,
         )
-        hit = cache.load_cached(cache_dir, "circuits", key, expect={"circuits": (len(neurons_t), n_ref, None)})
-        if hit is not None:
-            return hit["circuits"]
+        if lookup:
+            found = cache.load_cached(cache_dir, "circuits", key, expect={"circuits": (len(neurons_t), n_ref, None)})
+            hit = None if found is None else found["circuits"]
+    return _CircuitsPlan(model, sub, device, batch_size, image_chunk, neurons_t, n_ref, _pairs(ref_idx, neurons_t),
+                         key, hit)  # fmt: skip
 
-    pair_images = ref_idx[neurons_t]  # [N, R] data-set index of each pair
-    pair_channel = neurons_t[:, None].expand(-1, n_ref).reshape(-1)  # neuron of each pair
-    flat_images = pair_images.reshape(-1)
-    order = torch.argsort(flat_images, stable=True)  # group pairs by image
-    unique_images, counts = torch.unique_consecutive(flat_images[order], return_counts=True)
-    pair_end = torch.cumsum(counts, 0)
 
-    out: torch.Tensor | None = None
-    first_chunk = 0
-    if key is not None and checkpoint_every:
-        state = cache.load_cached(cache_dir, "circuits-partial", key,
-                                  expect={"out": (len(flat_images), None), "next": ()})
-        if state is not None:  # an interrupted run with the same fingerprint: continue it
-            out, first_chunk = state["out"], int(state["next"])
-    composite = lrp_composite(model) if method == "lrp" else None
-    done = int(pair_end[first_chunk - 1]) if first_chunk else 0
-    bar = tqdm(total=len(flat_images), initial=done, desc=f"circuits {lower_layer}<-{layer}",
-               disable=not progress, unit="pair")
-    with composite.context(model) if composite else contextlib.nullcontext():
-        for chunk_number, start in enumerate(range(first_chunk, len(unique_images), image_chunk), 1):
-            chunk = unique_images[start : start + image_chunk]
-            images = check_images(_load_images(dataset, chunk, num_workers), model, chunk)
-            step = _CPU_FORWARD_BATCH if device.type == "cpu" else len(images)
-            with torch.inference_mode(), _precision_context(precision, device):
-                lower = torch.cat([
-                    forward_to(model, lower_layer, images[i : i + step].to(device, non_blocking=True))
-                    for i in range(0, len(images), step)
-                ])
-            check_activations(lower, lower_layer, chunk)
-            if out is None:
-                out = torch.zeros(len(flat_images), lower.shape[1])
-            first = int(pair_end[start - 1]) if start else 0
-            end = min(start + image_chunk, len(unique_images))
-            last = int(pair_end[end - 1])
-            _attribute_chunk(sub, lower, order[first:last], counts[start:end], pair_channel, out,
-                             method, batch_size, precision, device, bar)  # fmt: skip
-            if key is not None and checkpoint_every and chunk_number % checkpoint_every == 0 and end < len(unique_images):
-                saved = cache.save_cached(cache_dir, "circuits-partial", key, {"out": out, "next": torch.tensor(end)})
-                checkpoint_every = checkpoint_every if saved is not None else 0  # warned once; go on
-    bar.close()
-    assert out is not None
+def _finish_circuits(
+    out: torch.Tensor, plan: _CircuitsPlan, layer: str, lower_layer: str, warn: bool = True, stacklevel: int = 3
+) -> torch.Tensor:
+    """Unnormalised circuits of all pairs [P, C_lower] -> checked, normalised [N, n_ref, C_lower].
+
+    Raises for NaN/Inf (naming the images), warns (if ``warn``) about dead neurons.
+    """
     bad = (~torch.isfinite(out)).any(1)
     if bad.any():
         raise PuretoolsError(
-            f"The circuits of the reference images at data-set indices {flat_images[bad].unique()[:5].tolist()} "
+            f"The circuits of the reference images at data-set indices {plan.pairs.images[bad].unique()[:5].tolist()} "
             f"contain NaN or Inf: the relevance overflowed between {lower_layer!r} and {layer!r} "
             "(pixel values far too large? are the images normalised?). Check those images."
         )
-    circuits = normalize_circuits(out).reshape(len(neurons_t), n_ref, -1)
-    dead = [int(n) for n, c in zip(neurons_t, circuits) if not c.abs().sum()]
-    if dead:
+    circuits = normalize_circuits(out).reshape(len(plan.neurons), plan.n_ref, -1)
+    dead = [int(n) for n, c in zip(plan.neurons, circuits) if not c.abs().sum()]
+    if dead and warn:
         warnings.warn(
             f"Neuron(s) {dead} of {layer!r} have zero relevance for all their references "
             "(dead neurons); their circuits are all zero.",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
-    if key is not None:
-        saved = cache.save_cached(
-            cache_dir, "circuits", key, {"circuits": circuits},
-            {"layer": layer, "lower_layer": lower_layer, "method": method, "precision": precision},
-        )
-        if saved is not None:
-            cache.remove_cached(cache_dir, "circuits-partial", key)
     return circuits
+
+
+def _save_circuits(cache_dir, key: str, circuits: torch.Tensor, layer: str, lower_layer: str, method: str,
+                   precision: str) -> Path | None:  # fmt: skip
+    """Write ``circuits`` under ``key`` (the file of one process, whoever computed it)."""
+    return cache.save_cached(
+        cache_dir, "circuits", key, {"circuits": circuits},
+        {"layer": layer, "lower_layer": lower_layer, "method": method, "precision": precision},
+    )
