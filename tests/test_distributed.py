@@ -118,6 +118,21 @@ def scenarios(rank: int, tmp: Path) -> dict:
             pt.circuit_attributions(model, fresh, toyworld.LAYER, toyworld.LOWER_LAYER, refs.indices,
                                     progress=False, **TOY_CIRCUITS)
         out[f"fresh_{what}_reads"] = fresh.reads
+    # a bad argument: every rank raises what one process raises (the same checks, not a copy of them)
+    bad_calls = {
+        "repeated_neuron": lambda: pt.circuit_attributions(model, data, toyworld.LAYER, toyworld.LOWER_LAYER, refs,
+                                                           neurons=[3, 3], progress=False),
+        "other_layer": lambda: pt.circuit_attributions(model, data, toyworld.LOWER_LAYER, "layer2", refs,
+                                                       progress=False),
+        "batch_size": lambda: pt.collect_references(model, data, toyworld.LAYER, n_ref=5, batch_size=0,
+                                                    progress=False),
+    }
+    for name, call in bad_calls.items():
+        try:
+            call()
+            out[f"error_{name}"] = "no error"
+        except Exception as err:
+            out[f"error_{name}"] = f"{type(err).__name__}: {err}"
     if rank is None:
         return out
 
@@ -267,6 +282,13 @@ def test_one_process_reads_what_the_ranks_cached(ranks, single):
                                  **TOY)
     assert counting.reads <= 3  # a hit: nothing recomputed
     assert equal(fields(refs), ranks[0]["computed_refs"])
+
+
+@pytest.mark.parametrize("name", ["repeated_neuron", "other_layer", "batch_size"])
+def test_bad_arguments_raise_on_every_rank_what_one_process_raises(ranks, single, name):
+    assert single[f"error_{name}"].startswith("PuretoolsError: "), single[f"error_{name}"]
+    for got in ranks:
+        assert got[f"error_{name}"] == single[f"error_{name}"]
 
 
 def test_the_work_is_split(ranks, single):
