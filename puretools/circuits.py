@@ -5,120 +5,26 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
-from torch import fx, nn
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from . import cache, distributed
 from .checks import check_activations, check_images, resolve_device
 from .errors import PuretoolsError
-from .models import get_module, lrp_composite
+from .models import lrp_composite
 from .references import References, check_references, collate_images, forward_to, prepare_model
+from .subnet import Precision, _precision_context, memory_plan, subnetwork, tf32_matmuls
 
-__all__ = ["circuit_attributions", "memory_plan", "normalize_circuits", "subnetwork"]
+# memory_plan, subnetwork and tf32_matmuls live in .subnet (the part of the model between the layers)
+__all__ = ["circuit_attributions", "memory_plan", "normalize_circuits", "subnetwork", "tf32_matmuls"]
 
 Method = Literal["gradient", "lrp"]
-Precision = Literal["float32", "tf32", "bfloat16"]
-
-
-class _LeafTracer(fx.Tracer):
-    """Traces through containers of the two named layers and keeps every other module whole.
-
-    Whole modules keep their zennit hooks and canonized forwards working in the subnetwork.
-    """
-
-    def __init__(self, targets: tuple[str, ...]) -> None:
-        super().__init__()
-        self.targets = targets
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return not (qualname == "" or any(t.startswith(qualname + ".") for t in self.targets))
-
-
-def subnetwork(model: nn.Module, lower_layer: str, layer: str) -> fx.GraphModule:
-    """The part of ``model`` that maps the output of ``lower_layer`` to the output of ``layer``.
-
-    Built by tracing the model with torch.fx and keeping only the nodes between the two
-    layers. The returned module shares its parameters (and hooks) with ``model``.
-
-    Raises
-    ------
-    PuretoolsError
-        If ``layer`` does not depend on ``lower_layer``, or also depends on the input through
-        a path that skips ``lower_layer`` (then a circuit from ``lower_layer`` alone is not
-        defined), or the model cannot be traced.
-
-    Examples
-    --------
-    >>> import torch, torch.nn as nn
-    >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
-    >>> sub = subnetwork(model, "0", "2")
-    >>> sub(torch.randn(1, 4, 6, 6)).shape
-    torch.Size([1, 2, 4, 4])
-    """
-    get_module(model, layer)
-    get_module(model, lower_layer)
-    if layer == lower_layer:
-        raise PuretoolsError(f"layer and lower_layer are both {layer!r}; lower_layer must be a layer below layer.")
-    try:
-        graph = _LeafTracer((layer, lower_layer)).trace(model)
-    except Exception as err:
-        raise PuretoolsError(
-            f"Could not trace the model with torch.fx to cut out the part between {lower_layer!r} "
-            f"and {layer!r} ({type(err).__name__}: {err}). Data-dependent control flow in "
-            "forward() prevents tracing; wrap that code in a module."
-        ) from err
-    nodes = {n.target: n for n in graph.nodes if n.op == "call_module"}
-    calls = [n for n in graph.nodes if n.op == "call_module" and n.target in (layer, lower_layer)]
-    for name in (layer, lower_layer):
-        count = sum(1 for n in calls if n.target == name)
-        if count != 1:
-            raise PuretoolsError(f"Layer {name!r} is called {count} times in forward(); it must be called exactly once.")
-    top, low = nodes[layer], nodes[lower_layer]
-    position = {n: i for i, n in enumerate(graph.nodes)}
-    if position[low] > position[top]:
-        raise PuretoolsError(
-            f"{lower_layer!r} runs after {layer!r} in the forward pass: lower_layer must be a "
-            f"layer below layer (e.g. layer='layer4', lower_layer='layer3')."
-        )
-
-    needed: set[fx.Node] = set()
-    stack = [top]
-    reached_lower = False
-    while stack:
-        node = stack.pop()
-        if node in needed:
-            continue
-        needed.add(node)
-        for parent in node.all_input_nodes:
-            if parent is low:
-                reached_lower = True
-            elif parent.op == "placeholder":
-                raise PuretoolsError(
-                    f"The output of {layer!r} also depends on the model input through a path that "
-                    f"skips {lower_layer!r}, so a circuit from {lower_layer!r} alone is not defined. "
-                    f"Pick as lower_layer the layer directly feeding {layer!r} (for ResNets: "
-                    "layer='layer4', lower_layer='layer3')."
-                )
-            else:
-                stack.append(parent)
-    if not reached_lower:
-        raise PuretoolsError(
-            f"The output of {layer!r} does not depend on {lower_layer!r}: lower_layer must be a "
-            f"layer below layer (e.g. layer='layer4', lower_layer='layer3')."
-        )
-    sub = fx.Graph()
-    # A copy of the input, so that an in-place op right after ``lower_layer`` (torchvision's
-    # ReLU(inplace=True)) modifies the copy, not the leaf tensor autograd differentiates by.
-    env = {low: sub.call_function(torch.clone, (sub.placeholder("lower"),))}
-    for node in graph.nodes:
-        if node in needed:
-            env[node] = sub.node_copy(node, lambda n: env[n])
-    sub.output(env[top])
-    return fx.GraphModule(model, sub, class_name="Subnetwork")
 
 
 def normalize_circuits(circuits: torch.Tensor) -> torch.Tensor:
@@ -134,25 +40,12 @@ def normalize_circuits(circuits: torch.Tensor) -> torch.Tensor:
     return torch.where(norm > 0, circuits / norm.clamp_min(torch.finfo(circuits.dtype).tiny), circuits)
 
 
-def _precision_context(precision: str, device: torch.device):
-    if precision == "float32":
-        return contextlib.nullcontext()
-    if precision == "bfloat16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    if precision == "tf32":
-        return tf32_matmuls(True)
-    raise PuretoolsError(f"precision must be 'float32', 'tf32' or 'bfloat16', not {precision!r}.")
+#: Images per forward pass to the lower layer on CPU: large batches of large early activations
+#: are slower there (ResNet-18 at 112 px: 1.5 s per 512 images at 64, 2.7 s in one batch).
+_CPU_FORWARD_BATCH = 64
 
-
-@contextlib.contextmanager
-def tf32_matmuls(enabled: bool):
-    """Allow (or forbid) TF32 in CUDA matmuls and cuDNN convolutions inside the block."""
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+#: Re-forward into a smaller graph when fewer than this share of its rows still have a pair.
+_REFORWARD_BELOW = 0.75
 
 
 def _load_images(dataset: Dataset, indices: torch.Tensor, num_workers: int) -> torch.Tensor:
@@ -164,12 +57,48 @@ def _load_images(dataset: Dataset, indices: torch.Tensor, num_workers: int) -> t
     return torch.cat(list(loader))
 
 
-#: Images per forward pass to the lower layer on CPU: large batches of large early activations
-#: are slower there (ResNet-18 at 112 px: 1.5 s per 512 images at 64, 2.7 s in one batch).
-_CPU_FORWARD_BATCH = 64
+def _lower_activations(
+    model: nn.Module,
+    dataset: Dataset,
+    images: torch.Tensor,
+    positions: torch.Tensor,
+    chunk_len: int,
+    lower_layer: str,
+    precision: str,
+    device: torch.device,
+    num_workers: int,
+) -> torch.Tensor:
+    """Load, check and forward reference images to ``lower_layer``: Tensor [len(images), C_lower, ...].
 
-#: Re-forward into a smaller graph when fewer than this share of its rows still have a pair.
-_REFORWARD_BELOW = 0.75
+    ``images`` are data-set indices, at ``positions`` of a chunk of ``chunk_len`` distinct
+    reference images (one process: all of the chunk; a rank: its share of it). On the CPU
+    each image goes through a forward pass of the size its pass has when one process
+    forwards the whole chunk (``_CPU_FORWARD_BATCH`` images, or the rest at the end of the
+    chunk), filled up with copies of an image where there are fewer: the same batch size
+    gives the same bits. Elsewhere all of them go in one pass.
+    """
+    x_all = check_images(_load_images(dataset, images, num_workers), model, images)
+    if device.type == "cpu":
+        step = _CPU_FORWARD_BATCH
+        size = (chunk_len - positions // step * step).clamp(max=step)
+    else:
+        size = torch.full_like(positions, len(positions))
+    lower = None
+    with torch.inference_mode(), _precision_context(precision, device):
+        for s in size.unique().tolist():
+            members = (size == s).nonzero().flatten()
+            for b in range(0, len(members), s):
+                batch = members[b : b + s]
+                x = x_all[batch]
+                if len(batch) < s:  # fill up to the batch size of one process
+                    x = torch.cat([x, x[:1].expand(s - len(batch), *x.shape[1:])])
+                low = forward_to(model, lower_layer, x.to(device, non_blocking=True))[: len(batch)]
+                if lower is None:
+                    lower = low.new_empty((len(images), *low.shape[1:]))
+                lower[batch.to(lower.device)] = low
+    assert lower is not None
+    check_activations(lower, lower_layer, images)
+    return lower
 
 
 def _attribute_chunk(
@@ -232,96 +161,6 @@ def _attribute_chunk(
                 if not keep:
                     break
                 n_rows = n_next
-
-
-def memory_plan(
-    model: nn.Module,
-    example: torch.Tensor,
-    layer: str,
-    lower_layer: str,
-    max_memory: float,
-    precision: Precision = "float32",
-    device: str | torch.device | None = None,
-) -> dict[str, int]:
-    """The largest ``batch_size`` and ``image_chunk`` whose working memory fits ``max_memory``.
-
-    Measured on one ``example`` image [3, H, W]: the tensors autograd saves for the backward
-    of the subnetwork per row (from 1 and 3 rows, so the weights do not count), plus the row's
-    input, gradients and output, with a 1.5x margin for the backward's temporaries; and per
-    image of a chunk, the image, its lower-layer activations (twice) and three times the
-    largest activation on the way up to ``lower_layer``. A third of ``max_memory`` goes to the
-    image chunk, two thirds to the batch of rows. The model's weights and the result (on the
-    CPU) are not part of the budget.
-
-    Parameters
-    ----------
-    max_memory : float
-        GiB of device memory for the working tensors.
-
-    Returns
-    -------
-    dict
-        ``batch_size``, ``image_chunk``, ``bytes_per_row`` and ``bytes_per_image``.
-
-    Raises
-    ------
-    PuretoolsError
-        If not even one row and one image fit.
-
-    Examples
-    --------
-    >>> import torch, torch.nn as nn
-    >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.ReLU()).eval()
-    >>> plan = memory_plan(model, torch.randn(3, 32, 32), "3", "1", max_memory=0.01)
-    >>> plan["batch_size"] >= 1 and plan["image_chunk"] >= 1
-    True
-    """
-    if not max_memory > 0:
-        raise PuretoolsError(f"max_memory is in GiB and must be positive, not {max_memory!r}.")
-    device = resolve_device(device, model)
-    sub = subnetwork(model, lower_layer, layer)
-    x = check_images(example[None], model).to(device)
-    largest = [0]
-
-    def track(_module, _inputs, output):
-        if isinstance(output, torch.Tensor):
-            largest[0] = max(largest[0], output.numel() * output.element_size())
-
-    handles = [m.register_forward_hook(track) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.inference_mode(), _precision_context(precision, device):
-            low = forward_to(model, lower_layer, x)
-    finally:
-        for h in handles:
-            h.remove()
-    low = low.clone()
-
-    def saved(n: int) -> tuple[int, torch.Tensor]:
-        total = [0]
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            total[0] += t.numel() * t.element_size()
-            return t
-
-        rows = low.expand(n, *low.shape[1:]).clone().requires_grad_(True)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _precision_context(precision, device):
-            out = sub(rows)
-        return total[0], out
-
-    s1, _ = saved(1)
-    s3, out = saved(3)
-    per_row = 1.5 * ((s3 - s1) / 2 + 3 * low[0].numel() * 4 + 3 * out[0].numel() * 4)
-    per_image = example.numel() * 4 + 2 * low[0].numel() * 4 + 3 * largest[0]
-    budget = max_memory * 2**30
-    batch_size, image_chunk = int(budget * 2 / 3 // per_row), int(budget / 3 // per_image)
-    if batch_size < 1 or image_chunk < 1:
-        raise PuretoolsError(
-            f"max_memory={max_memory} GiB is too small: one row of the subnetwork needs about "
-            f"{per_row / 2**20:.1f} MiB and one image {per_image / 2**20:.1f} MiB. Raise max_memory "
-            f"to at least {3 * max(per_row / 2, per_image) / 2**30:.3g} GiB."
-        )
-    return {"batch_size": batch_size, "image_chunk": image_chunk,
-            "bytes_per_row": int(per_row), "bytes_per_image": int(per_image)}  # fmt: skip
 
 
 def circuit_attributions(
@@ -413,6 +252,112 @@ def circuit_attributions(
     """
     if distributed.active():  # under torchrun: the pairs split across ranks (puretools/distributed/)
         return distributed.split_circuits(**locals())
+    plan = _prepare_circuits(model, dataset, layer, lower_layer, references, neurons, method, batch_size,
+                             image_chunk, max_memory, device, precision, cache_dir)  # fmt: skip
+    if plan.hit is not None:
+        return plan.hit
+    model, device, key, pairs = plan.model, plan.device, plan.key, plan.pairs
+    image_chunk, unique_images, counts = plan.image_chunk, pairs.unique_images, pairs.counts
+    pair_end = torch.cumsum(counts, 0)
+
+    out: torch.Tensor | None = None
+    first_chunk = 0
+    if key is not None and checkpoint_every:
+        state = cache.load_cached(cache_dir, "circuits-partial", key,
+                                  expect={"out": (len(pairs.images), None), "next": ()})
+        if state is not None:  # an interrupted run with the same fingerprint: continue it
+            out, first_chunk = state["out"], int(state["next"])
+    composite = lrp_composite(model) if method == "lrp" else None
+    done = int(pair_end[first_chunk - 1]) if first_chunk else 0
+    bar = tqdm(total=len(pairs.images), initial=done, desc=f"circuits {lower_layer}<-{layer}",
+               disable=not progress, unit="pair")
+    with composite.context(model) if composite else contextlib.nullcontext():
+        for chunk_number, start in enumerate(range(first_chunk, len(unique_images), image_chunk), 1):
+            chunk = unique_images[start : start + image_chunk]
+            lower = _lower_activations(model, dataset, chunk, torch.arange(len(chunk)), len(chunk), lower_layer,
+                                       precision, device, num_workers)  # fmt: skip
+            if out is None:
+                out = torch.zeros(len(pairs.images), lower.shape[1])
+            first = int(pair_end[start - 1]) if start else 0
+            end = start + len(chunk)
+            last = int(pair_end[end - 1])
+            _attribute_chunk(plan.sub, lower, pairs.order[first:last], counts[start:end], pairs.channel, out,
+                             method, plan.batch_size, precision, device, bar)  # fmt: skip
+            if key is not None and checkpoint_every and chunk_number % checkpoint_every == 0 and end < len(unique_images):
+                saved = cache.save_cached(cache_dir, "circuits-partial", key, {"out": out, "next": torch.tensor(end)})
+                checkpoint_every = checkpoint_every if saved is not None else 0  # warned once; go on
+    bar.close()
+    assert out is not None
+    circuits = _finish_circuits(out, plan, layer, lower_layer)
+    if key is not None:
+        saved = _save_circuits(cache_dir, key, circuits, layer, lower_layer, method, precision)
+        if saved is not None:
+            cache.remove_cached(cache_dir, "circuits-partial", key)
+    return circuits
+
+
+@dataclass(frozen=True)
+class _Pairs:
+    """The (neuron, reference) pairs of a call, grouped by reference image.
+
+    Pair ``p`` is reference ``p % n_ref`` of the ``p // n_ref``-th neuron.
+    """
+
+    images: torch.Tensor  # LongTensor [P]: data-set index of each pair's image
+    channel: torch.Tensor  # LongTensor [P]: neuron (channel of ``layer``) of each pair
+    order: torch.Tensor  # LongTensor [P]: pair ids grouped by image (stable: pair order within an image)
+    unique_images: torch.Tensor  # LongTensor [U]: the distinct images, ascending
+    counts: torch.Tensor  # LongTensor [U]: pairs per distinct image
+
+
+def _pairs(ref_idx: torch.Tensor, neurons: torch.Tensor) -> _Pairs:
+    """The pairs of ``neurons`` and their references ``ref_idx`` [channels, n_ref], grouped by image."""
+    n_ref = ref_idx.shape[1]
+    images = ref_idx[neurons].reshape(-1)
+    order = torch.argsort(images, stable=True)
+    unique_images, counts = torch.unique_consecutive(images[order], return_counts=True)
+    channel = neurons[:, None].expand(-1, n_ref).reshape(-1)
+    return _Pairs(images, channel, order, unique_images, counts)
+
+
+@dataclass(frozen=True)
+class _CircuitsPlan:
+    """What :func:`circuit_attributions` checked and decided before loading any image.
+
+    Shared with the several-process path (``distributed/pairs.py``), so both check the same
+    things, use the same batch sizes and the same cache key.
+    """
+
+    model: nn.Module  # in eval mode, on ``device``
+    sub: nn.Module  # the subnetwork from ``lower_layer`` to ``layer``
+    device: torch.device
+    batch_size: int
+    image_chunk: int
+    neurons: torch.Tensor  # LongTensor [N]
+    n_ref: int
+    pairs: _Pairs
+    key: str | None  # cache key; None without a cache (or for a data set whose items change)
+    hit: torch.Tensor | None  # the verified cached circuits (only when looked up)
+
+
+def _prepare_circuits(
+    model: nn.Module,
+    dataset: Dataset,
+    layer: str,
+    lower_layer: str,
+    references: References | torch.Tensor,
+    neurons: list[int] | torch.Tensor | None,
+    method: str,
+    batch_size: int | None,
+    image_chunk: int | None,
+    max_memory: float | None,
+    device: str | torch.device | None,
+    precision: str,
+    cache_dir: str | os.PathLike | None,
+    lookup: bool = True,
+) -> _CircuitsPlan:
+    """The argument checks, the device, the subnetwork, the memory plan, the references and
+    neurons (:func:`check_references`), the pairs, the cache key and (with ``lookup``) the hit."""
     if method not in ("gradient", "lrp"):
         raise PuretoolsError(f"method must be 'gradient' or 'lrp', not {method!r}.")
     if (batch_size is not None and batch_size < 1) or (image_chunk is not None and image_chunk < 1):
@@ -430,8 +375,7 @@ def circuit_attributions(
     dataset_fp = cache.dataset_fingerprint(dataset) if use_cache or getattr(references, "dataset", None) else None
     ref_idx, neurons_t = check_references(references, dataset, layer, neurons, model, dataset_fp)
     n_ref = ref_idx.shape[1]
-
-    key = None
+    key = hit = None
     if use_cache:
         key = cache.fingerprint(
             kind="circuits",
@@ -444,72 +388,43 @@ def circuit_attributions(
             method=method,
             precision=precision,
         )
-        hit = cache.load_cached(cache_dir, "circuits", key, expect={"circuits": (len(neurons_t), n_ref, None)})
-        if hit is not None:
-            return hit["circuits"]
+        if lookup:
+            found = cache.load_cached(cache_dir, "circuits", key, expect={"circuits": (len(neurons_t), n_ref, None)})
+            hit = None if found is None else found["circuits"]
+    return _CircuitsPlan(model, sub, device, batch_size, image_chunk, neurons_t, n_ref, _pairs(ref_idx, neurons_t),
+                         key, hit)  # fmt: skip
 
-    pair_images = ref_idx[neurons_t]  # [N, R] data-set index of each pair
-    pair_channel = neurons_t[:, None].expand(-1, n_ref).reshape(-1)  # neuron of each pair
-    flat_images = pair_images.reshape(-1)
-    order = torch.argsort(flat_images, stable=True)  # group pairs by image
-    unique_images, counts = torch.unique_consecutive(flat_images[order], return_counts=True)
-    pair_end = torch.cumsum(counts, 0)
 
-    out: torch.Tensor | None = None
-    first_chunk = 0
-    if key is not None and checkpoint_every:
-        state = cache.load_cached(cache_dir, "circuits-partial", key,
-                                  expect={"out": (len(flat_images), None), "next": ()})
-        if state is not None:  # an interrupted run with the same fingerprint: continue it
-            out, first_chunk = state["out"], int(state["next"])
-    composite = lrp_composite(model) if method == "lrp" else None
-    done = int(pair_end[first_chunk - 1]) if first_chunk else 0
-    bar = tqdm(total=len(flat_images), initial=done, desc=f"circuits {lower_layer}<-{layer}",
-               disable=not progress, unit="pair")
-    with composite.context(model) if composite else contextlib.nullcontext():
-        for chunk_number, start in enumerate(range(first_chunk, len(unique_images), image_chunk), 1):
-            chunk = unique_images[start : start + image_chunk]
-            images = check_images(_load_images(dataset, chunk, num_workers), model, chunk)
-            step = _CPU_FORWARD_BATCH if device.type == "cpu" else len(images)
-            with torch.inference_mode(), _precision_context(precision, device):
-                lower = torch.cat([
-                    forward_to(model, lower_layer, images[i : i + step].to(device, non_blocking=True))
-                    for i in range(0, len(images), step)
-                ])
-            check_activations(lower, lower_layer, chunk)
-            if out is None:
-                out = torch.zeros(len(flat_images), lower.shape[1])
-            first = int(pair_end[start - 1]) if start else 0
-            end = min(start + image_chunk, len(unique_images))
-            last = int(pair_end[end - 1])
-            _attribute_chunk(sub, lower, order[first:last], counts[start:end], pair_channel, out,
-                             method, batch_size, precision, device, bar)  # fmt: skip
-            if key is not None and checkpoint_every and chunk_number % checkpoint_every == 0 and end < len(unique_images):
-                saved = cache.save_cached(cache_dir, "circuits-partial", key, {"out": out, "next": torch.tensor(end)})
-                checkpoint_every = checkpoint_every if saved is not None else 0  # warned once; go on
-    bar.close()
-    assert out is not None
+def _finish_circuits(
+    out: torch.Tensor, plan: _CircuitsPlan, layer: str, lower_layer: str, warn: bool = True, stacklevel: int = 3
+) -> torch.Tensor:
+    """Unnormalised circuits of all pairs [P, C_lower] -> checked, normalised [N, n_ref, C_lower].
+
+    Raises for NaN/Inf (naming the images), warns (if ``warn``) about dead neurons.
+    """
     bad = (~torch.isfinite(out)).any(1)
     if bad.any():
         raise PuretoolsError(
-            f"The circuits of the reference images at data-set indices {flat_images[bad].unique()[:5].tolist()} "
+            f"The circuits of the reference images at data-set indices {plan.pairs.images[bad].unique()[:5].tolist()} "
             f"contain NaN or Inf: the relevance overflowed between {lower_layer!r} and {layer!r} "
             "(pixel values far too large? are the images normalised?). Check those images."
         )
-    circuits = normalize_circuits(out).reshape(len(neurons_t), n_ref, -1)
-    dead = [int(n) for n, c in zip(neurons_t, circuits) if not c.abs().sum()]
-    if dead:
+    circuits = normalize_circuits(out).reshape(len(plan.neurons), plan.n_ref, -1)
+    dead = [int(n) for n, c in zip(plan.neurons, circuits) if not c.abs().sum()]
+    if dead and warn:
         warnings.warn(
             f"Neuron(s) {dead} of {layer!r} have zero relevance for all their references "
             "(dead neurons); their circuits are all zero.",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
-    if key is not None:
-        saved = cache.save_cached(
-            cache_dir, "circuits", key, {"circuits": circuits},
-            {"layer": layer, "lower_layer": lower_layer, "method": method, "precision": precision},
-        )
-        if saved is not None:
-            cache.remove_cached(cache_dir, "circuits-partial", key)
     return circuits
+
+
+def _save_circuits(cache_dir, key: str, circuits: torch.Tensor, layer: str, lower_layer: str, method: str,
+                   precision: str) -> Path | None:  # fmt: skip
+    """Write ``circuits`` under ``key`` (the file of one process, whoever computed it)."""
+    return cache.save_cached(
+        cache_dir, "circuits", key, {"circuits": circuits},
+        {"layer": layer, "lower_layer": lower_layer, "method": method, "precision": precision},
+    )

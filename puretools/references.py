@@ -7,6 +7,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -392,27 +393,90 @@ def collect_references(
     torch.Size([4, 10])
     """
     if distributed.active():  # under torchrun: one shard per rank, merged (puretools/distributed/)
-        return distributed.sharded_references(collect_references, locals())
+        return distributed.sharded_references(_collect, locals())
+    return _collect(model, dataset, layer, n_ref, batch_size, device, num_workers, cache_dir, progress,
+                    checkpoint_every)
+
+
+@dataclass(frozen=True)
+class _ReferencesPlan:
+    """What :func:`collect_references` checked and decided before reading any image.
+
+    Shared with the several-process path (``distributed/shards.py``), so both check the same
+    things and use the same cache key.
+    """
+
+    n: int  # images in the data set
+    model: nn.Module  # in eval mode, on ``device``
+    device: torch.device
+    hasher: cache.DatasetHasher  # the data set's fingerprint, complete or to be fed while streaming
+    key: str | None  # cache key; None without a cache (or for a data set whose items change)
+    hit: References | None  # the verified cached result (only when looked up)
+
+
+def _references_key(model: nn.Module, hasher: cache.DatasetHasher, layer: str, n_ref: int) -> str:
+    return cache.fingerprint(kind="references", model=cache.model_fingerprint(model), dataset=hasher.identity,
+                             layer=layer, n_ref=n_ref)  # fmt: skip
+
+
+def _prepare_references(
+    model: nn.Module,
+    dataset: Dataset,
+    layer: str,
+    n_ref: int,
+    batch_size: int,
+    device: str | torch.device | None,
+    cache_dir: str | os.PathLike | None,
+    lookup: bool = True,
+) -> _ReferencesPlan:
+    """The checks, the device, the cache key and (with ``lookup``) the verified cache hit."""
     n = check_dataset(dataset, n_ref)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise PuretoolsError(f"batch_size must be a positive integer, not {batch_size!r}.")
     device = resolve_device(device, model)
     get_module(model, layer)
     model = prepare_model(model, device)
-
     hasher = cache.DatasetHasher(dataset)  # fed with every image as it streams by
-    key = None
+    key = hit = None
     if cache_dir is not None and not cache.items_change(dataset):
-        key = cache.fingerprint(
-            kind="references",
-            model=cache.model_fingerprint(model),
-            dataset=hasher.identity,
-            layer=layer,
-            n_ref=n_ref,
-        )
-        hit = cache.load_entry(cache_dir, "references", key, expect={"indices": (None, n_ref), "values": (None, n_ref)})
-        if hit is not None:
-            (tensors, info), fp = hit, hasher.hexdigest() if hasher.complete else cache.dataset_fingerprint(dataset)
+        key = _references_key(model, hasher, layer, n_ref)
+        entry = cache.load_entry(cache_dir, "references", key,
+                                 expect={"indices": (None, n_ref), "values": (None, n_ref)}) if lookup else None
+        if entry is not None:
+            (tensors, info), fp = entry, hasher.hexdigest() if hasher.complete else cache.dataset_fingerprint(dataset)
             if info.get("dataset") == fp:  # else some image changed since: recompute, overwrite
-                return References(tensors["indices"], tensors["values"], layer, len(tensors["indices"]), fp)
+                hit = References(tensors["indices"], tensors["values"], layer, len(tensors["indices"]), fp)
+    return _ReferencesPlan(n, model, device, hasher, key, hit)
+
+
+def _save_references(cache_dir: str | os.PathLike, key: str, result: References, n: int) -> Path | None:
+    """Write ``result`` under ``key`` (the file of one process, whoever computed it)."""
+    return cache.save_cached(
+        cache_dir, "references", key, {"indices": result.indices, "values": result.values},
+        {"layer": result.layer, "n_ref": result.n_ref, "dataset_len": n, "channels": result.channels,
+         "dataset": result.dataset},
+    )
+
+
+def _collect(
+    model: nn.Module,
+    dataset: Dataset,
+    layer: str,
+    n_ref: int = 100,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    checkpoint_every: int = 50,
+    digests: list[bytes] | None = None,
+) -> References:
+    """:func:`collect_references` in this process; ``digests`` (if given) receives the item digests
+    of the images it streams, in index order, when the data set is hashed item by item."""
+    plan = _prepare_references(model, dataset, layer, n_ref, batch_size, device, cache_dir)
+    if plan.hit is not None:
+        return plan.hit
+    n, model, device, hasher, key = plan.n, plan.model, plan.device, plan.hasher, plan.key
 
     values = indices = None
     start = 0
@@ -441,8 +505,10 @@ def collect_references(
     with torch.inference_mode():
         for batch_number, images in enumerate(loader, 1):
             if not hasher.complete:
-                images, digests = images
-                hasher.update(digests)
+                images, batch_digests = images
+                hasher.update(batch_digests)
+                if digests is not None:
+                    digests.extend(batch_digests)
             images = check_images(images, model, start).to(device, non_blocking=True)
             if batch_number == 1:
                 check_called_once(model, layer, images[:1])
@@ -474,14 +540,7 @@ def collect_references(
     assert start == n and values is not None
     result = References(indices.cpu(), values.cpu(), layer, int(values.shape[0]), hasher.hexdigest())
     if key is not None:
-        saved = cache.save_cached(
-            cache_dir,
-            "references",
-            key,
-            {"indices": result.indices, "values": result.values},
-            {"layer": layer, "n_ref": n_ref, "dataset_len": n, "channels": result.channels,
-             "dataset": result.dataset},
-        )
+        saved = _save_references(cache_dir, key, result, n)
         if saved is not None:
             cache.remove_cached(cache_dir, "references-partial", key)
     return result

@@ -6,6 +6,7 @@ with the same arguments and one thread. Bit-identical (``torch.equal``) througho
 CPU float32 runs with the same batch sizes.
 """
 
+import dataclasses
 import datetime
 import os
 import random
@@ -71,12 +72,23 @@ class Flaky(Dataset):
     fingerprint = "flaky toy"  # the same cache entries whether it fails or not
 
 
+class Plain(Flaky):
+    """Flaky without a fingerprint: hashed image by image as the images stream by (like ToyWorld)."""
+
+    fingerprint = None
+
+
+def fields(refs):
+    """Every field of a References, in order (a tuple that torch.save can store)."""
+    return tuple(getattr(refs, f.name) for f in dataclasses.fields(refs))
+
+
 def scenarios(rank: int, tmp: Path) -> dict:
     """Everything the ranks run; the same code computes the one-process answers (rank None)."""
     out = {}
     model, data = toy()
     refs = pt.collect_references(model, data, toyworld.LAYER, progress=False, **TOY)
-    out["toy_refs"] = (refs.indices, refs.values)
+    out["toy_refs"] = fields(refs)
     for method in ("gradient", "lrp"):
         out[f"toy_{method}"] = pt.circuit_attributions(
             model, data, toyworld.LAYER, toyworld.LOWER_LAYER, refs, method=method, progress=False, **TOY_CIRCUITS)
@@ -86,11 +98,13 @@ def scenarios(rank: int, tmp: Path) -> dict:
         model, data, toyworld.LAYER, toyworld.LOWER_LAYER, refs, neurons=[3], progress=False)
     small = pt.collect_references(model, toyworld.ToyWorld(split="test", n=10), toyworld.LAYER, n_ref=4,
                                   batch_size=16, progress=False)
-    out["toy_ten_images"] = (small.indices, small.values)
+    out["toy_ten_images"] = fields(small)
+    plain = toyworld.ToyWorld(split="test", n=200)
+    out["plain_refs"] = fields(pt.collect_references(model, Plain(plain), toyworld.LAYER, progress=False, **TOY))
 
     rn, rn_data = resnet()
     rn_refs = pt.collect_references(rn, rn_data, "layer4", progress=False, **RN)
-    out["rn_refs"] = (rn_refs.indices, rn_refs.values)
+    out["rn_refs"] = fields(rn_refs)
     for method in ("gradient", "lrp"):
         out[f"rn_{method}"] = pt.circuit_attributions(
             rn, rn_data, "layer4", "layer3", rn_refs, neurons=RN_NEURONS, method=method, progress=False,
@@ -100,9 +114,25 @@ def scenarios(rank: int, tmp: Path) -> dict:
         if what == "references":
             pt.collect_references(model, fresh, toyworld.LAYER, progress=False, **TOY)
         else:
-            pt.circuit_attributions(model, fresh, toyworld.LAYER, toyworld.LOWER_LAYER, refs, progress=False,
-                                    **TOY_CIRCUITS)
+            # the indices only: Flaky has its own fingerprint, so References of `data` are refused
+            pt.circuit_attributions(model, fresh, toyworld.LAYER, toyworld.LOWER_LAYER, refs.indices,
+                                    progress=False, **TOY_CIRCUITS)
         out[f"fresh_{what}_reads"] = fresh.reads
+    # a bad argument: every rank raises what one process raises (the same checks, not a copy of them)
+    bad_calls = {
+        "repeated_neuron": lambda: pt.circuit_attributions(model, data, toyworld.LAYER, toyworld.LOWER_LAYER, refs,
+                                                           neurons=[3, 3], progress=False),
+        "other_layer": lambda: pt.circuit_attributions(model, data, toyworld.LOWER_LAYER, "layer2", refs,
+                                                       progress=False),
+        "batch_size": lambda: pt.collect_references(model, data, toyworld.LAYER, n_ref=5, batch_size=0,
+                                                    progress=False),
+    }
+    for name, call in bad_calls.items():
+        try:
+            call()
+            out[f"error_{name}"] = "no error"
+        except Exception as err:
+            out[f"error_{name}"] = f"{type(err).__name__}: {err}"
     if rank is None:
         return out
 
@@ -113,6 +143,10 @@ def scenarios(rank: int, tmp: Path) -> dict:
                             progress=False, **TOY_CIRCUITS)
     dist.barrier()
     out["cache_files"] = sorted(p.name for p in cache_dir.iterdir())
+    out["cache_dir"] = str(cache_dir)
+    out["computed_refs"] = fields(r)
+    out["cached_refs"] = fields(pt.collect_references(model, Flaky(data), toyworld.LAYER, cache_dir=cache_dir,
+                                                      progress=False, **TOY))
     counting = Flaky(data)
     again = pt.circuit_attributions(model, counting, toyworld.LAYER, toyworld.LOWER_LAYER, r,
                                     cache_dir=cache_dir, progress=False, **TOY_CIRCUITS)
@@ -128,7 +162,7 @@ def scenarios(rank: int, tmp: Path) -> dict:
                 pt.collect_references(model, flaky, toyworld.LAYER, cache_dir=resume_dir, checkpoint_every=1,
                                       progress=False, **TOY)
             else:
-                pt.circuit_attributions(model, flaky, toyworld.LAYER, toyworld.LOWER_LAYER, refs,
+                pt.circuit_attributions(model, flaky, toyworld.LAYER, toyworld.LOWER_LAYER, refs.indices,
                                         cache_dir=resume_dir, checkpoint_every=1, progress=False,
                                         **TOY_CIRCUITS)
             out[f"fail_{what}"] = "no error"
@@ -142,14 +176,31 @@ def scenarios(rank: int, tmp: Path) -> dict:
         if what == "references":
             r = pt.collect_references(model, flaky, toyworld.LAYER, cache_dir=resume_dir, checkpoint_every=1,
                                       progress=False, **TOY)
-            out["resumed_references"] = (r.indices, r.values)
+            out["resumed_references"] = fields(r)
         else:
             out["resumed_circuits"] = pt.circuit_attributions(
-                model, flaky, toyworld.LAYER, toyworld.LOWER_LAYER, refs, cache_dir=resume_dir,
+                model, flaky, toyworld.LAYER, toyworld.LOWER_LAYER, refs.indices, cache_dir=resume_dir,
                 checkpoint_every=1, progress=False, **TOY_CIRCUITS)
         out[f"resumed_{what}_reads"] = flaky.reads
         dist.barrier()
     out["resume_files"] = sorted(p.name for p in resume_dir.iterdir())
+
+    # the same with a data set hashed image by image: the shards' digests make the whole data set's fingerprint,
+    # also when rank 0's shard comes from its cache entry and rank 1 resumes from a checkpoint
+    plain_dir = tmp / "plain"
+    try:
+        pt.collect_references(model, Plain(plain, fail_after=60 if rank == 1 else None), toyworld.LAYER,
+                              cache_dir=plain_dir, checkpoint_every=1, progress=False, **TOY)
+        out["plain_fail"] = "no error"
+    except Exception as err:
+        out["plain_fail"] = f"{type(err).__name__}: {err}"
+    dist.barrier()
+    out["plain_partial"] = sorted(p.name for p in plain_dir.iterdir())
+    dist.barrier()
+    out["plain_resumed"] = fields(pt.collect_references(model, Plain(plain), toyworld.LAYER, cache_dir=plain_dir,
+                                                        checkpoint_every=1, progress=False, **TOY))
+    dist.barrier()
+    out["plain_files"] = sorted(p.name for p in plain_dir.iterdir())
     with distributed.local():
         out["local_active"] = distributed.active()
     out["active"] = distributed.active()
@@ -190,21 +241,63 @@ def single(one_thread):
 def equal(a, b):
     if isinstance(a, tuple):
         return all(equal(x, y) for x, y in zip(a, b, strict=True))
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, torch.Tensor):
+        return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    return type(a) is type(b) and a == b
 
 
 @pytest.mark.parametrize("name", ["toy_refs", "toy_gradient", "toy_lrp", "rn_refs", "rn_gradient", "rn_lrp",
-                                  "toy_one_neuron", "toy_ten_images"])
+                                  "toy_one_neuron", "toy_ten_images", "plain_refs"])
 def test_every_rank_gets_the_one_process_result(ranks, single, name):
     for r, got in enumerate(ranks):
         assert equal(got[name], single[name]), f"rank {r}: {name} differs from one process"
+
+
+def test_references_carry_every_field_of_one_process(ranks, single):
+    """layer, channels and the WHOLE data set's fingerprint, not a shard's (field by field above)."""
+    model, data = toy()
+    indices, values, layer, channels, dataset = single["toy_refs"]
+    assert (layer, channels) == (toyworld.LAYER, values.shape[0])
+    assert dataset == pt.cache.dataset_fingerprint(data)  # ToyWorld: hashed image by image
+    assert single["rn_refs"][4] == pt.cache.dataset_fingerprint(resnet()[1])  # tensors: hashed up front
+    assert single["plain_refs"][4] == pt.cache.dataset_fingerprint(Plain(toyworld.ToyWorld(split="test", n=200)))
+    for got in ranks:
+        assert equal(got["computed_refs"], got["cached_refs"])  # a cache hit carries them too
+        assert got["computed_refs"][4] == pt.cache.dataset_fingerprint(Flaky(data))
+
+
+def test_a_resumed_run_of_a_data_set_hashed_image_by_image(ranks, single):
+    assert ranks[1]["plain_fail"].startswith("OSError: disk error"), ranks[1]["plain_fail"]
+    assert ranks[0]["plain_fail"].startswith("RankFailedError: Rank 1 of 2 failed"), ranks[0]["plain_fail"]
+    assert any("references-partial" in n for n in ranks[0]["plain_partial"])  # rank 1's checkpoint
+    for got in ranks:
+        assert equal(got["plain_resumed"], single["plain_refs"])
+        assert len(got["plain_files"]) == 1  # the final result only
+
+
+def test_one_process_reads_what_the_ranks_cached(ranks, single):
+    model, data = toy()
+    counting = Flaky(data)
+    refs = pt.collect_references(model, counting, toyworld.LAYER, cache_dir=ranks[0]["cache_dir"], progress=False,
+                                 **TOY)
+    assert counting.reads <= 3  # a hit: nothing recomputed
+    assert equal(fields(refs), ranks[0]["computed_refs"])
+
+
+@pytest.mark.parametrize("name", ["repeated_neuron", "other_layer", "batch_size"])
+def test_bad_arguments_raise_on_every_rank_what_one_process_raises(ranks, single, name):
+    assert single[f"error_{name}"].startswith("PuretoolsError: "), single[f"error_{name}"]
+    for got in ranks:
+        assert got[f"error_{name}"] == single[f"error_{name}"]
 
 
 def test_the_work_is_split(ranks, single):
     """Each rank reads about half of the images one process reads (none twice)."""
     for what in ("references", "circuits"):
         reads = [r[f"fresh_{what}_reads"] for r in ranks]
-        assert sum(reads) == single[f"fresh_{what}_reads"], what
+        # circuits: every rank, as one process, forwards image 0 to check the layer's channel count
+        twice = WORLD - 1 if what == "circuits" else 0
+        assert sum(reads) == single[f"fresh_{what}_reads"] + twice, what
         assert max(reads) < 0.6 * single[f"fresh_{what}_reads"], (what, reads)
 
 
@@ -236,7 +329,8 @@ def test_a_failing_rank_stops_the_others_and_a_rerun_resumes(ranks, single):
     assert {"circuits-partial-rank0of2", "circuits-partial-rank1of2"} <= {
         n.rsplit("-", 1)[0] for n in ranks[0]["partial_circuits"]}
     for got in ranks:
-        assert equal(got["resumed_references"], single["toy_refs"])
+        assert equal(got["resumed_references"][:4], single["toy_refs"][:4])  # Flaky has its own fingerprint
+        assert equal(got["resumed_references"], got["computed_refs"])
         assert equal(got["resumed_circuits"], single["toy_gradient"])
     # resumed: rank 0 reads only the fingerprints' images again, rank 1 skips what it had done
     assert ranks[0]["resumed_references_reads"] < 20 and ranks[0]["resumed_circuits_reads"] < 20

@@ -13,7 +13,12 @@ to what one process computes:
   process breaks ties the same way: its streaming merge is a stable sort of the running top
   (lower indices) followed by the new batch (in index order), so among equal activations the
   lower data-set index wins; the top ``n_ref`` of a total order does not depend on how the
-  candidates were grouped, hence the same references in the same order.
+  candidates were grouped, hence the same references in the same order. The merged
+  :class:`~puretools.References` carry the layer, its channel count and the fingerprint of
+  the whole data set, as one process's do: for a data set hashed image by image, each rank
+  hashes its shard's images as they stream by and the digests are chained in index order (a
+  shard resumed from a checkpoint or taken from its cache entry reads its images once more
+  for this).
 - **Circuits.** One process walks the distinct reference images in chunks of ``image_chunk``
   and, within a chunk, in batches of ``batch_size`` images sorted by their number of pairs.
   Those batches are the units of work: they are dealt to the ranks, largest first, each to
@@ -37,6 +42,11 @@ to what one process computes:
   it) instead of waiting forever. A rank that dies outright breaks the connection, which the
   others report as :class:`RankFailedError` too; a rank that hangs is caught by the process
   group's timeout (``timeout=`` of ``init_process_group``, ``--timeout`` on the command line).
+
+Both paths start with the engine's own preparation (``references._prepare_references``,
+``circuits._prepare_circuits``: the argument checks, the plan, the cache key and the verified
+hit) and use its per-chunk work (``circuits._lower_activations``: load, check, forward, check
+the activations), so a check added to one process holds under torchrun too.
 
 Results travel as CPU tensors through a gloo group (created beside an NCCL default group), so
 this works the same with NCCL on GPUs and gloo on CPUs. ``with local():`` turns all of this off

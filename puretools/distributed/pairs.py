@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import warnings
 
 import torch
 import torch.distributed as dist
@@ -37,19 +36,17 @@ def balance(pairs: list[int], world_size: int) -> list[list[int]]:
     return [sorted(units) for units in ranks]
 
 
-def _plan(flat_images: torch.Tensor, batch_size: int, image_chunk: int):
-    """The plan of one process: pairs grouped by image, chunks of images, batches sorted by pair count.
+def _units(counts: torch.Tensor, batch_size: int, image_chunk: int) -> list[tuple[int, torch.Tensor]]:
+    """The batches one process walks: ``(first image of the chunk, positions of the batch's images)``.
 
-    Returns the pairs' order by image, the distinct images, their pair counts and the units:
-    ``(first image of the chunk, positions of the batch's images in the distinct images)``.
+    ``counts`` are the pairs per distinct image (``circuits._Pairs.counts``); within a chunk
+    the images are taken in decreasing order of their pair counts, as ``circuits._attribute_chunk`` does.
     """
-    order = torch.argsort(flat_images, stable=True)
-    unique_images, counts = torch.unique_consecutive(flat_images[order], return_counts=True)
     units: list[tuple[int, torch.Tensor]] = []
-    for start in range(0, len(unique_images), image_chunk):
+    for start in range(0, len(counts), image_chunk):
         by_count = torch.argsort(counts[start : start + image_chunk], descending=True, stable=True)
         units += [(start, start + by_count[b : b + batch_size]) for b in range(0, len(by_count), batch_size)]
-    return order, unique_images, counts, units
+    return units
 
 
 def plan_split(
@@ -82,29 +79,13 @@ def plan_split(
     >>> plan_split(refs, 2, batch_size=1)
     {'units': [2, 2, 1, 1], 'loads': [3, 3], 'ideal_speedup': 2.0}
     """
-    from ..circuits import _reference_indices
+    from ..circuits import _pairs
+    from ..references import check_references
 
-    idx = _reference_indices(references)
-    chosen = torch.arange(idx.shape[0]) if neurons is None else torch.as_tensor(neurons, dtype=torch.long)
-    _, _, counts, units = _plan(idx[chosen].reshape(-1), batch_size, image_chunk)
-    pairs = [int(counts[p].sum()) for _, p in units]
+    counts = _pairs(*check_references(references, neurons=neurons)).counts
+    pairs = [int(counts[p].sum()) for _, p in _units(counts, batch_size, image_chunk)]
     loads = [sum(pairs[u] for u in rank_units) for rank_units in balance(pairs, world_size)]
     return {"units": pairs, "loads": loads, "ideal_speedup": round(sum(pairs) / max(loads), 3)}
-
-
-def _circuits_key(model, dataset, layer, lower_layer, ref_idx, neurons_t, method, precision) -> str:
-    # the key circuit_attributions computes (tests/test_distributed.py checks that the file names agree)
-    return cache.fingerprint(
-        kind="circuits",
-        model=cache.model_fingerprint(model),
-        dataset=cache.dataset_fingerprint(dataset),
-        layer=layer,
-        lower_layer=lower_layer,
-        references=ref_idx.tolist(),
-        neurons=neurons_t.tolist(),
-        method=method,
-        precision=precision,
-    )
 
 
 def split_circuits(
@@ -129,80 +110,40 @@ def split_circuits(
 
     Called by ``circuit_attributions`` itself when :func:`active`, with its own arguments (an
     argument it does not know is a TypeError: it must learn it); see the module docstring.
-    It runs the engine's batch routine (``circuits._attribute_chunk``) on this rank's units.
-    Every rank returns the whole tensor.
+    The checks, plan, cache key and hit are the engine's (``circuits._prepare_circuits``), the
+    images are loaded, checked and forwarded by the engine's ``_lower_activations`` and
+    attributed by its ``_attribute_chunk``, on this rank's units; the result is checked,
+    normalised and saved by the engine's ``_finish_circuits`` and ``_save_circuits``. Every
+    rank returns the whole tensor.
     """
     from .. import circuits as C
 
     me, world = dist.get_rank(), dist.get_world_size()
-
-    def prepare():  # the checks and the plan of circuit_attributions, in the same order
-        nonlocal batch_size, image_chunk, device, model
-        if method not in ("gradient", "lrp"):
-            raise PuretoolsError(f"method must be 'gradient' or 'lrp', not {method!r}.")
-        if (batch_size is not None and batch_size < 1) or (image_chunk is not None and image_chunk < 1):
-            raise PuretoolsError("batch_size and image_chunk must be positive integers.")
-        device = C.resolve_device(device, model)
-        model = C.prepare_model(model, device)
-        sub = C.subnetwork(model, lower_layer, layer)
-        if max_memory is not None:
-            example = C.collate_images([dataset[0]])[0]
-            plan = C.memory_plan(model, example, layer, lower_layer, max_memory, precision, device)
-            batch_size = min(batch_size or plan["batch_size"], plan["batch_size"])
-            image_chunk = min(image_chunk or plan["image_chunk"], plan["image_chunk"])
-        batch_size, image_chunk = batch_size or 256, image_chunk or 512
-        ref_idx = C._reference_indices(references)
-        n_channels = ref_idx.shape[0]
-        if neurons is None:
-            neurons_t = torch.arange(n_channels)
-        else:
-            neurons_t = torch.as_tensor(neurons, dtype=torch.long).reshape(-1)
-            bad = neurons_t[(neurons_t < 0) | (neurons_t >= n_channels)]
-            if len(bad):
-                raise PuretoolsError(
-                    f"Neuron index {int(bad[0])} is out of range: layer {layer!r} has {n_channels} "
-                    f"channels, so neurons must lie in 0..{n_channels - 1}."
-                )
-        n_data = len(dataset)
-        if len(ref_idx) and (ref_idx.min() < 0 or ref_idx.max() >= n_data):
-            raise PuretoolsError(
-                f"The references index images up to {int(ref_idx.max())} but the data set holds "
-                f"{n_data}: were they collected on another data set?"
-            )
-        key = hit = None
-        if cache_dir is not None:
-            key = _circuits_key(model, dataset, layer, lower_layer, ref_idx, neurons_t, method, precision)
-            hit = cache.load_cached(cache_dir, "circuits", key) if me == 0 else None
-        return sub, ref_idx, neurons_t, key, hit
-
-    prepared, error = _run(prepare)
+    plan, error = _run(C._prepare_circuits, model, dataset, layer, lower_layer, references, neurons, method,
+                       batch_size, image_chunk, max_memory, device, precision, cache_dir, lookup=me == 0)
     _agree(error, what="checking the arguments")
-    sub, ref_idx, neurons_t, key, hit = prepared
-    hit = _broadcast(hit, "sharing the cached result") if cache_dir is not None else None
+    hit = _broadcast(plan.hit, "sharing the cached result") if cache_dir is not None else None
     if hit is not None:
-        return hit["circuits"]
+        return hit
 
-    n_ref = ref_idx.shape[1]
-    pair_channel = neurons_t[:, None].expand(-1, n_ref).reshape(-1)
-    flat_images = ref_idx[neurons_t].reshape(-1)
-    order, unique_images, counts, units = _plan(flat_images, batch_size, image_chunk)
-    pair_start = torch.cumsum(counts, 0) - counts
-    assigned = balance([int(counts[p].sum()) for _, p in units], world)
+    pairs, key = plan.pairs, plan.key
+    units = _units(pairs.counts, plan.batch_size, plan.image_chunk)
+    pair_start = torch.cumsum(pairs.counts, 0) - pairs.counts
+    assigned = balance([int(pairs.counts[p].sum()) for _, p in units], world)
     mine = [units[u] for u in assigned[me]]
-    my_pairs = torch.cat([_unit_pairs(p, order, pair_start, counts) for _, p in mine] or [flat_images[:0]])
+    my_pairs = torch.cat([_unit_pairs(p, pairs.order, pair_start, pairs.counts) for _, p in mine] or [pairs.images[:0]])
 
     partial_kind = f"circuits-partial-rank{me}of{world}"
     part, error = _run(
-        _compute_units, C, model, sub, dataset, mine, my_pairs, counts, unique_images, pair_channel,
-        image_chunk, method, batch_size, precision, device, num_workers, lower_layer, layer,
+        _compute_units, C, plan, dataset, mine, my_pairs, method, precision, num_workers, lower_layer, layer,
         progress=progress and me == 0, checkpoint=(cache_dir, partial_kind, key, checkpoint_every)
         if key is not None and checkpoint_every else None,
     )
     sizes = _agree(error, None if part is None else part.shape[1], "computing the circuits")
     width = max((s for s in sizes if s is not None), default=None)
     if width is None:
-        raise PuretoolsError("There are no (neuron, reference) pairs to attribute: neurons is empty.")
-    out = torch.zeros(len(flat_images), width)
+        raise PuretoolsError("There are no (neuron, reference) pairs to attribute: the layer has no channels.")
+    out = torch.zeros(len(pairs.images), width)
     counts_all = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
     _collective("gathering the circuits", dist.all_gather, counts_all, torch.tensor([len(my_pairs)]), group=_group())
     most = int(max(c.item() for c in counts_all))
@@ -217,25 +158,11 @@ def split_circuits(
     for c, r, i in zip(counts_all, all_rows, all_ids):
         out[i[: int(c)]] = r[: int(c)]
 
-    circuits = C.normalize_circuits(out).reshape(len(neurons_t), n_ref, -1)
-    if me == 0:
-        dead = [int(n) for n, c in zip(neurons_t, circuits) if not c.abs().sum()]
-        if dead:
-            warnings.warn(
-                f"Neuron(s) {dead} of {layer!r} have zero relevance for all their references "
-                "(dead neurons); their circuits are all zero.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+    # every rank holds the same rows: the same check passes or raises on all of them
+    circuits = C._finish_circuits(out, plan, layer, lower_layer, warn=me == 0, stacklevel=4)
     if key is not None:
-        def save():
-            if me == 0:
-                cache.save_cached(
-                    cache_dir, "circuits", key, {"circuits": circuits},
-                    {"layer": layer, "lower_layer": lower_layer, "method": method, "precision": precision},
-                )
-
-        _, error = _run(save)
+        _, error = _run(lambda: me == 0 and C._save_circuits(cache_dir, key, circuits, layer, lower_layer, method,
+                                                             precision))  # fmt: skip
         _agree(error, what="writing the cache")
         _remove_after_barrier(cache_dir, [(partial_kind, key)])
     return circuits
@@ -246,39 +173,8 @@ def _unit_pairs(positions: torch.Tensor, order: torch.Tensor, pair_start: torch.
     return torch.cat([order[int(pair_start[p]) : int(pair_start[p] + counts[p])] for p in positions])
 
 
-def _lower_activations(C, model, images: torch.Tensor, in_chunk: torch.Tensor, chunk_len: int,
-                       lower_layer: str, precision: str, device: torch.device) -> torch.Tensor:
-    """Lower-layer activations of ``images`` (at positions ``in_chunk`` of a chunk of ``chunk_len``).
-
-    On the CPU each image goes through a forward pass of the size its pass has in one process
-    (``_CPU_FORWARD_BATCH`` images, or the rest at the end of the chunk), filled up with
-    copies of an image where the rank has fewer: the same batch size gives the same bits.
-    Elsewhere all of them go in one pass, as one process forwards its whole chunk.
-    """
-    if device.type == "cpu":
-        step = C._CPU_FORWARD_BATCH
-        size = (chunk_len - in_chunk // step * step).clamp(max=step)
-    else:
-        size = torch.full_like(in_chunk, len(in_chunk))
-    lower = None
-    with torch.inference_mode(), C._precision_context(precision, device):
-        for s in size.unique().tolist():
-            members = (size == s).nonzero().flatten()
-            for b in range(0, len(members), s):
-                batch = members[b : b + s]
-                x = images[batch]
-                if len(batch) < s:  # fill up to the batch size of one process
-                    x = torch.cat([x, x[:1].expand(s - len(batch), *x.shape[1:])])
-                low = C.forward_to(model, lower_layer, x.to(device, non_blocking=True))[: len(batch)]
-                if lower is None:
-                    lower = low.new_empty((len(images), *low.shape[1:]))
-                lower[batch.to(lower.device)] = low
-    assert lower is not None
-    return lower
-
-
-def _compute_units(C, model, sub, dataset, mine, my_pairs, counts, unique_images, pair_channel, image_chunk,
-                   method, batch_size, precision, device, num_workers, lower_layer, layer, progress, checkpoint):
+def _compute_units(C, plan, dataset, mine, my_pairs, method, precision, num_workers, lower_layer, layer, progress,
+                   checkpoint):  # fmt: skip
     """The unnormalised circuits [len(my_pairs), C_lower] of this rank's units (None if it has none)."""
     from tqdm.auto import tqdm
 
@@ -286,39 +182,40 @@ def _compute_units(C, model, sub, dataset, mine, my_pairs, counts, unique_images
 
     if not mine:
         return None
-    local_channel = pair_channel[my_pairs]
+    pairs, device = plan.pairs, plan.device
+    local_channel = pairs.channel[my_pairs]
     out, done = None, torch.zeros(len(my_pairs), dtype=torch.bool)
     if checkpoint is not None:
         cache_dir, kind, key, every = checkpoint
-        state = cache.load_cached(cache_dir, kind, key)
+        n = len(my_pairs)
+        state = cache.load_cached(cache_dir, kind, key, expect={"out": (n, None), "done": (n,), "pairs": (n,)})
         if state is not None and torch.equal(state["pairs"], my_pairs):  # this rank was interrupted: resume
             out, done = state["out"], state["done"]
-    sizes = [int(counts[p].sum()) for _, p in mine]
+    sizes = [int(pairs.counts[p].sum()) for _, p in mine]
     offsets = [sum(sizes[:u]) for u in range(len(mine))]
     bar = tqdm(total=len(my_pairs), initial=int(done.sum()), desc=f"circuits {lower_layer}<-{layer}",
                disable=not progress, unit="pair")
-    composite = lrp_composite(model) if method == "lrp" else None
+    composite = lrp_composite(plan.model) if method == "lrp" else None
     chunks = sorted({start for start, _ in mine})
     processed = 0
-    with composite.context(model) if composite else contextlib.nullcontext():
+    with composite.context(plan.model) if composite else contextlib.nullcontext():
         for start in chunks:
             todo = [u for u, (s, _) in enumerate(mine)
                     if s == start and not done[offsets[u] : offsets[u] + sizes[u]].all()]  # fmt: skip
             if not todo:
                 continue
             positions = torch.cat([mine[u][1] for u in todo])
-            images = C._load_images(dataset, unique_images[positions], num_workers)
-            C.check_images(images, model)
-            chunk_len = min(image_chunk, len(unique_images) - start)
-            lower = _lower_activations(C, model, images, positions - start, chunk_len, lower_layer, precision, device)
+            chunk_len = min(plan.image_chunk, len(pairs.unique_images) - start)
+            lower = C._lower_activations(plan.model, dataset, pairs.unique_images[positions], positions - start,
+                                         chunk_len, lower_layer, precision, device, num_workers)  # fmt: skip
             if out is None:
                 out = torch.zeros(len(my_pairs), lower.shape[1])
             row = 0
             for u in todo:
                 n_images = len(mine[u][1])
                 C._attribute_chunk(
-                    sub, lower[row : row + n_images], torch.arange(offsets[u], offsets[u] + sizes[u]),
-                    counts[mine[u][1]], local_channel, out, method, batch_size, precision, device, bar,
+                    plan.sub, lower[row : row + n_images], torch.arange(offsets[u], offsets[u] + sizes[u]),
+                    pairs.counts[mine[u][1]], local_channel, out, method, plan.batch_size, precision, device, bar,
                 )
                 done[offsets[u] : offsets[u] + sizes[u]] = True
                 row += n_images

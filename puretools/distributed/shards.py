@@ -10,8 +10,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from .. import cache
-from ..errors import PuretoolsError
-from .group import _agree, _broadcast, _collective, _group, _remove_after_barrier, _run, local
+from .group import _agree, _broadcast, _collective, _group, _remove_after_barrier, _run
 
 __all__ = ["merge_top", "shard_bounds", "sharded_references"]
 
@@ -36,17 +35,26 @@ def shard_bounds(n: int, batch_size: int, rank: int, world_size: int) -> tuple[i
 
 
 class _Shard(Dataset):
-    """Items ``start..stop-1`` of ``dataset``, fingerprinted by the data set's fingerprint and the range."""
+    """Items ``start..stop-1`` of ``dataset``.
 
-    def __init__(self, dataset: Dataset, start: int, stop: int, parent_fingerprint: str) -> None:
+    When the data set's fingerprint needs no image (``hasher.complete``), the shard's is the
+    range of it; otherwise the shard is hashed from its images like any such data set (its
+    ``repr`` names the range, so the ranks' shards have different cache keys).
+    """
+
+    def __init__(self, dataset: Dataset, start: int, stop: int, hasher: cache.DatasetHasher) -> None:
         self.dataset, self.start, self.stop = dataset, start, stop
-        self.fingerprint = f"shard {start}:{stop} of {parent_fingerprint}"
+        self.name = f"shard {start}:{stop} of {hasher.identity}"
+        self.fingerprint = self.name if hasher.complete else None
 
     def __len__(self) -> int:
         return self.stop - self.start
 
     def __getitem__(self, i: int):
         return self.dataset[self.start + i]
+
+    def __repr__(self) -> str:
+        return self.name
 
 
 def merge_top(values: torch.Tensor, indices: torch.Tensor, n_ref: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,58 +74,49 @@ def merge_top(values: torch.Tensor, indices: torch.Tensor, n_ref: int) -> tuple[
     return values.gather(1, by_value), indices.gather(1, by_value)
 
 
-def _references_key(model_fp: str, dataset_fp: str, layer: str, n_ref: int) -> str:
-    # the key collect_references computes (tests/test_distributed.py checks that the file names agree)
-    return cache.fingerprint(kind="references", model=model_fp, dataset=dataset_fp, layer=layer, n_ref=n_ref)
-
-
 def sharded_references(engine: Callable, args: dict[str, Any]):
-    """:func:`puretools.collect_references` (``engine``) with ``args``, one shard per rank.
+    """:func:`puretools.collect_references` (``engine``: its one-process body) with ``args``, one shard per rank.
 
     Called by ``collect_references`` itself when :func:`active`; see the module docstring.
-    Every rank returns the same :class:`~puretools.References`.
+    The checks, cache key and cache hit are the engine's own (``references._prepare_references``);
+    every rank returns the same :class:`~puretools.References` as one process, with the
+    fingerprint of the whole data set.
     """
-    from ..models import get_module
-    from ..references import References, check_dataset
+    from ..references import References, _prepare_references, _references_key, _save_references
 
-    model, dataset, layer, n_ref = args["model"], args["dataset"], args["layer"], args["n_ref"]
+    dataset, layer, n_ref = args["dataset"], args["layer"], args["n_ref"]
     batch_size, cache_dir = args["batch_size"], args["cache_dir"]
     me, world = dist.get_rank(), dist.get_world_size()
 
-    def prepare():
-        n = check_dataset(dataset, n_ref)
-        get_module(model, layer)
-        if batch_size < 1:
-            raise PuretoolsError(f"batch_size must be a positive integer, not {batch_size!r}.")
-        model_fp = dataset_fp = key = hit = None
-        if cache_dir is not None:
-            model_fp, dataset_fp = cache.model_fingerprint(model), cache.dataset_fingerprint(dataset)
-            key = _references_key(model_fp, dataset_fp, layer, n_ref)
-            hit = cache.load_cached(cache_dir, "references", key) if me == 0 else None
-        return n, model_fp, dataset_fp, key, hit
-
-    prepared, error = _run(prepare)
+    plan, error = _run(_prepare_references, args["model"], dataset, layer, n_ref, batch_size, args["device"],
+                       cache_dir, lookup=me == 0)  # fmt: skip
     _agree(error, what="checking the arguments")
-    n, model_fp, dataset_fp, key, hit = prepared
-    hit = _broadcast(hit, "sharing the cached result") if cache_dir is not None else None
+    hit = _broadcast(plan.hit, "sharing the cached result") if cache_dir is not None else None
     if hit is not None:
-        return References(hit["indices"], hit["values"], layer)
+        return hit
 
+    n, hasher = plan.n, plan.hasher
     start, stop = shard_bounds(n, batch_size, me, world)
-    shard = _Shard(dataset, start, stop, dataset_fp or "")
+    shard = _Shard(dataset, start, stop, hasher)
     local_n_ref = min(n_ref, stop - start)
+    digests: list[bytes] = []  # of this shard's images, when the data set is hashed image by image
 
     def compute():
         if stop == start:
             return None
-        with local():
-            refs = engine(**{**args, "dataset": shard, "n_ref": local_n_ref,
-                             "progress": args["progress"] and me == 0})  # fmt: skip
+        refs = engine(**{**args, "dataset": shard, "n_ref": local_n_ref, "progress": args["progress"] and me == 0,
+                         "digests": digests})  # fmt: skip
+        if not hasher.complete and len(digests) < stop - start:  # resumed or cached shard: read the rest
+            missing = range(start, stop - len(digests))
+            digests[:0] = [cache.item_digest(cache.item_image(dataset[i], i)) for i in missing]
         return refs.values, refs.indices + start
 
     part, error = _run(compute)
-    shapes = _agree(error, None if part is None else part[0].shape[0], "collecting the shards")
-    channels = next(s for s in shapes if s is not None)
+    payload = (None if part is None else part[0].shape[0], b"".join(digests))
+    gathered = _agree(error, payload, "collecting the shards")
+    channels = next(c for c, _ in gathered if c is not None)
+    for _, blob in gathered:  # shards in index order: the digests one process streams
+        hasher.update(blob[i : i + 32] for i in range(0, len(blob), 32))
     values = torch.full((channels, n_ref), float("-inf"))
     indices = torch.full((channels, n_ref), n, dtype=torch.long)  # padding: after every real index
     if part is not None:
@@ -127,20 +126,12 @@ def sharded_references(engine: Callable, args: dict[str, Any]):
     _collective("gathering the shards' references", dist.all_gather, all_values, values, group=_group())
     _collective("gathering the shards' references", dist.all_gather, all_indices, indices, group=_group())
     values, indices = merge_top(torch.cat(all_values, 1), torch.cat(all_indices, 1), n_ref)
-    result = References(indices, values, layer)
+    result = References(indices, values, layer, channels, hasher.hexdigest())
 
-    if key is not None:
-        def save():
-            if me == 0:  # the file one process writes
-                cache.save_cached(
-                    cache_dir, "references", key, {"indices": result.indices, "values": result.values},
-                    {"layer": layer, "n_ref": n_ref, "dataset_len": n},
-                )
-
-        _, error = _run(save)
+    if plan.key is not None:
+        _, error = _run(lambda: me == 0 and _save_references(cache_dir, plan.key, result, n))  # one process's file
         _agree(error, what="writing the cache")
         # the shard's own result (kept by the engine until now, so a killed run resumes quickly)
-        shard_entry = ("references", _references_key(model_fp, cache.dataset_fingerprint(shard), layer, local_n_ref))
-        _remove_after_barrier(cache_dir, [shard_entry] if stop > start else [])
+        shard_key = _references_key(plan.model, cache.DatasetHasher(shard), layer, local_n_ref)
+        _remove_after_barrier(cache_dir, [("references", shard_key)] if stop > start else [])
     return result
-

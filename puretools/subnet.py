@@ -1,0 +1,226 @@
+"""The part of a model between two layers (torch.fx), the working memory of its backward, precisions."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import torch
+from torch import fx, nn
+
+from .checks import check_images, resolve_device
+from .errors import PuretoolsError
+from .models import get_module
+from .references import forward_to
+
+__all__ = ["memory_plan", "subnetwork", "tf32_matmuls"]
+
+Precision = Literal["float32", "tf32", "bfloat16"]
+
+
+class _LeafTracer(fx.Tracer):
+    """Traces through containers of the two named layers and keeps every other module whole.
+
+    Whole modules keep their zennit hooks and canonized forwards working in the subnetwork.
+    """
+
+    def __init__(self, targets: tuple[str, ...]) -> None:
+        super().__init__()
+        self.targets = targets
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return not (qualname == "" or any(t.startswith(qualname + ".") for t in self.targets))
+
+
+def subnetwork(model: nn.Module, lower_layer: str, layer: str) -> fx.GraphModule:
+    """The part of ``model`` that maps the output of ``lower_layer`` to the output of ``layer``.
+
+    Built by tracing the model with torch.fx and keeping only the nodes between the two
+    layers. The returned module shares its parameters (and hooks) with ``model``.
+
+    Raises
+    ------
+    PuretoolsError
+        If ``layer`` does not depend on ``lower_layer``, or also depends on the input through
+        a path that skips ``lower_layer`` (then a circuit from ``lower_layer`` alone is not
+        defined), or the model cannot be traced.
+
+    Examples
+    --------
+    >>> import torch, torch.nn as nn
+    >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
+    >>> sub = subnetwork(model, "0", "2")
+    >>> sub(torch.randn(1, 4, 6, 6)).shape
+    torch.Size([1, 2, 4, 4])
+    """
+    get_module(model, layer)
+    get_module(model, lower_layer)
+    if layer == lower_layer:
+        raise PuretoolsError(f"layer and lower_layer are both {layer!r}; lower_layer must be a layer below layer.")
+    try:
+        graph = _LeafTracer((layer, lower_layer)).trace(model)
+    except Exception as err:
+        raise PuretoolsError(
+            f"Could not trace the model with torch.fx to cut out the part between {lower_layer!r} "
+            f"and {layer!r} ({type(err).__name__}: {err}). Data-dependent control flow in "
+            "forward() prevents tracing; wrap that code in a module."
+        ) from err
+    nodes = {n.target: n for n in graph.nodes if n.op == "call_module"}
+    calls = [n for n in graph.nodes if n.op == "call_module" and n.target in (layer, lower_layer)]
+    for name in (layer, lower_layer):
+        count = sum(1 for n in calls if n.target == name)
+        if count != 1:
+            raise PuretoolsError(f"Layer {name!r} is called {count} times in forward(); it must be called exactly once.")
+    top, low = nodes[layer], nodes[lower_layer]
+    position = {n: i for i, n in enumerate(graph.nodes)}
+    if position[low] > position[top]:
+        raise PuretoolsError(
+            f"{lower_layer!r} runs after {layer!r} in the forward pass: lower_layer must be a "
+            f"layer below layer (e.g. layer='layer4', lower_layer='layer3')."
+        )
+
+    needed: set[fx.Node] = set()
+    stack = [top]
+    reached_lower = False
+    while stack:
+        node = stack.pop()
+        if node in needed:
+            continue
+        needed.add(node)
+        for parent in node.all_input_nodes:
+            if parent is low:
+                reached_lower = True
+            elif parent.op == "placeholder":
+                raise PuretoolsError(
+                    f"The output of {layer!r} also depends on the model input through a path that "
+                    f"skips {lower_layer!r}, so a circuit from {lower_layer!r} alone is not defined. "
+                    f"Pick as lower_layer the layer directly feeding {layer!r} (for ResNets: "
+                    "layer='layer4', lower_layer='layer3')."
+                )
+            else:
+                stack.append(parent)
+    if not reached_lower:
+        raise PuretoolsError(
+            f"The output of {layer!r} does not depend on {lower_layer!r}: lower_layer must be a "
+            f"layer below layer (e.g. layer='layer4', lower_layer='layer3')."
+        )
+    sub = fx.Graph()
+    # A copy of the input, so that an in-place op right after ``lower_layer`` (torchvision's
+    # ReLU(inplace=True)) modifies the copy, not the leaf tensor autograd differentiates by.
+    env = {low: sub.call_function(torch.clone, (sub.placeholder("lower"),))}
+    for node in graph.nodes:
+        if node in needed:
+            env[node] = sub.node_copy(node, lambda n: env[n])
+    sub.output(env[top])
+    return fx.GraphModule(model, sub, class_name="Subnetwork")
+
+
+def _precision_context(precision: str, device: torch.device):
+    if precision == "float32":
+        return contextlib.nullcontext()
+    if precision == "bfloat16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision == "tf32":
+        return tf32_matmuls(True)
+    raise PuretoolsError(f"precision must be 'float32', 'tf32' or 'bfloat16', not {precision!r}.")
+
+
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool):
+    """Allow (or forbid) TF32 in CUDA matmuls and cuDNN convolutions inside the block."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def memory_plan(
+    model: nn.Module,
+    example: torch.Tensor,
+    layer: str,
+    lower_layer: str,
+    max_memory: float,
+    precision: Precision = "float32",
+    device: str | torch.device | None = None,
+) -> dict[str, int]:
+    """The largest ``batch_size`` and ``image_chunk`` whose working memory fits ``max_memory``.
+
+    Measured on one ``example`` image [3, H, W]: the tensors autograd saves for the backward
+    of the subnetwork per row (from 1 and 3 rows, so the weights do not count), plus the row's
+    input, gradients and output, with a 1.5x margin for the backward's temporaries; and per
+    image of a chunk, the image, its lower-layer activations (twice) and three times the
+    largest activation on the way up to ``lower_layer``. A third of ``max_memory`` goes to the
+    image chunk, two thirds to the batch of rows. The model's weights and the result (on the
+    CPU) are not part of the budget.
+
+    Parameters
+    ----------
+    max_memory : float
+        GiB of device memory for the working tensors.
+
+    Returns
+    -------
+    dict
+        ``batch_size``, ``image_chunk``, ``bytes_per_row`` and ``bytes_per_image``.
+
+    Raises
+    ------
+    PuretoolsError
+        If not even one row and one image fit.
+
+    Examples
+    --------
+    >>> import torch, torch.nn as nn
+    >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.ReLU()).eval()
+    >>> plan = memory_plan(model, torch.randn(3, 32, 32), "3", "1", max_memory=0.01)
+    >>> plan["batch_size"] >= 1 and plan["image_chunk"] >= 1
+    True
+    """
+    if not max_memory > 0:
+        raise PuretoolsError(f"max_memory is in GiB and must be positive, not {max_memory!r}.")
+    device = resolve_device(device, model)
+    sub = subnetwork(model, lower_layer, layer)
+    x = check_images(example[None], model).to(device)
+    largest = [0]
+
+    def track(_module, _inputs, output):
+        if isinstance(output, torch.Tensor):
+            largest[0] = max(largest[0], output.numel() * output.element_size())
+
+    handles = [m.register_forward_hook(track) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.inference_mode(), _precision_context(precision, device):
+            low = forward_to(model, lower_layer, x)
+    finally:
+        for h in handles:
+            h.remove()
+    low = low.clone()
+
+    def saved(n: int) -> tuple[int, torch.Tensor]:
+        total = [0]
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        rows = low.expand(n, *low.shape[1:]).clone().requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _precision_context(precision, device):
+            out = sub(rows)
+        return total[0], out
+
+    s1, _ = saved(1)
+    s3, out = saved(3)
+    per_row = 1.5 * ((s3 - s1) / 2 + 3 * low[0].numel() * 4 + 3 * out[0].numel() * 4)
+    per_image = example.numel() * 4 + 2 * low[0].numel() * 4 + 3 * largest[0]
+    budget = max_memory * 2**30
+    batch_size, image_chunk = int(budget * 2 / 3 // per_row), int(budget / 3 // per_image)
+    if batch_size < 1 or image_chunk < 1:
+        raise PuretoolsError(
+            f"max_memory={max_memory} GiB is too small: one row of the subnetwork needs about "
+            f"{per_row / 2**20:.1f} MiB and one image {per_image / 2**20:.1f} MiB. Raise max_memory "
+            f"to at least {3 * max(per_row / 2, per_image) / 2**30:.3g} GiB."
+        )
+    return {"batch_size": batch_size, "image_chunk": image_chunk,
+            "bytes_per_row": int(per_row), "bytes_per_image": int(per_image)}  # fmt: skip
