@@ -16,7 +16,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .errors import PuretoolsError
-from .references import References, collate_images, layer_output, prepare_model, resolve_device
+from .references import (
+    References,
+    check_references,
+    collate_images,
+    layer_output,
+    prepare_model,
+    resolve_device,
+)
 
 __all__ = ["LayerSAE", "activations_at_max", "sae_contributions", "sae_split", "train_layer_sae"]
 
@@ -218,8 +225,8 @@ def activations_at_max(
     >>> torch.allclose(h[0, :, 3], refs.values[3])  # neuron 3's own entry is its spatial max
     True
     """
-    idx = references.indices if isinstance(references, References) else torch.as_tensor(references)
-    idx = idx[list(neurons)]
+    idx, neurons_t = check_references(references, dataset, layer, neurons)
+    idx = idx[neurons_t]
     read_layer = layer if read_layer is None else read_layer
     device = resolve_device(device, model)
     model = prepare_model(model, device)
@@ -232,7 +239,7 @@ def activations_at_max(
     try:
         for s in range(0, len(unique), batch_size):
             model(collate_images([dataset[int(i)] for i in unique[s : s + batch_size]]).to(device))
-            at.append(store[layer][:, list(neurons)].flatten(2).float().cpu())  # [b, N, HW]
+            at.append(store[layer][:, neurons_t].flatten(2).float().cpu())  # [b, N, HW]
             read.append(store[read_layer].flatten(2).float().cpu())  # [b, C, HW]
     finally:
         for h in handles:
@@ -241,7 +248,7 @@ def activations_at_max(
     if at.shape[-1] != read.shape[-1]:
         raise PuretoolsError(f"{layer!r} and {read_layer!r} have different spatial sizes; read a layer of the same size.")
     where = at.argmax(-1)  # [U, N]
-    n = torch.arange(len(neurons))[:, None].expand_as(idx)
+    n = torch.arange(len(neurons_t))[:, None].expand_as(idx)
     loc = where[inverse, n]  # [N, n_ref]
     return read[inverse].gather(-1, loc[..., None, None].expand(*idx.shape, read.shape[1], 1)).squeeze(-1)
 

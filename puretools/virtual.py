@@ -17,6 +17,7 @@ from .errors import PuretoolsError
 from .references import (
     References,
     check_images,
+    check_references,
     collate_images,
     layer_output,
     prepare_model,
@@ -288,12 +289,8 @@ def activation_features(
     >>> activation_features(model, data, "1", refs).shape
     torch.Size([4, 6, 4])
     """
-    idx = references.indices if isinstance(references, References) else torch.as_tensor(references)
-    if neurons is not None:
-        neurons = torch.as_tensor(neurons, dtype=torch.long).reshape(-1)
-        if len(neurons) and (neurons.min() < 0 or neurons.max() >= len(idx)):
-            raise PuretoolsError(f"Neuron indices must lie in 0..{len(idx) - 1} for layer {layer!r}.")
-        idx = idx[neurons]
+    idx, neurons_t = check_references(references, dataset, layer, neurons)
+    idx = idx[neurons_t]
     device = resolve_device(device, model)
     model = prepare_model(model, device)
     unique, inverse = torch.unique(idx, return_inverse=True)

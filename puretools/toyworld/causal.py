@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import PuretoolsError
-from ..references import References, layer_output, prepare_model, resolve_device
+from ..references import References, check_references, layer_output, prepare_model, resolve_device
 from .ground_truth import dominant_concepts
 from .world import ToyWorld
 
@@ -62,18 +62,10 @@ class CausalEffects:
         return torch.where(act > 0, 1 - self.without / act.clamp(min=1e-30), torch.tensor(float("nan")))
 
 
-def _neuron_rows(references: References | torch.Tensor, neurons) -> tuple[torch.Tensor, list[int]]:
-    idx = references.indices if isinstance(references, References) else torch.as_tensor(references)
-    if idx.ndim != 2:
-        raise PuretoolsError(f"references must be References or a LongTensor [channels, n_ref]; got shape "
-                             f"{tuple(idx.shape)}.")  # fmt: skip
-    if neurons is None:
-        neurons = list(range(len(idx)))
-    neurons = [int(n) for n in torch.as_tensor(neurons).reshape(-1).tolist()]
-    bad = [n for n in neurons if not 0 <= n < len(idx)]
-    if bad:
-        raise PuretoolsError(f"Neurons {bad} are out of range: the references have {len(idx)} channels (0..{len(idx) - 1}).")
-    return idx[neurons].long(), neurons
+def _neuron_rows(references: References | torch.Tensor, neurons, dataset=None, layer=None) -> tuple[torch.Tensor, list[int]]:
+    """The references' rows of ``neurons`` [N, n_ref] and the neuron ids, checked by :func:`check_references`."""
+    idx, neurons_t = check_references(references, dataset, layer, neurons)
+    return idx[neurons_t], neurons_t.tolist()
 
 
 @torch.inference_mode()
@@ -134,9 +126,7 @@ def causal_effects(
         )
     if not 0 < min_drop <= 1:
         raise PuretoolsError(f"min_drop must lie in (0, 1], got {min_drop}.")
-    idx, neurons = _neuron_rows(references, neurons)
-    if len(idx) and (idx.min() < 0 or idx.max() >= len(dataset)):
-        raise PuretoolsError(f"Reference indices must lie in 0..{len(dataset) - 1} for {dataset!r}.")
+    idx, neurons = _neuron_rows(references, neurons, dataset, layer)
     device = resolve_device(device, model)
     model = prepare_model(model, device)
 
@@ -249,6 +239,6 @@ def reference_concepts(
     if kind == "causal":
         return causal_concepts(model, dataset, layer, references, neurons)
     if kind == "dominant":
-        idx, _ = _neuron_rows(references, neurons)
+        idx, _ = _neuron_rows(references, neurons, dataset, layer)
         return torch.stack([dominant_concepts(dataset.labels[row]) for row in idx])
     raise PuretoolsError(f"kind must be 'causal' or 'dominant', not {kind!r}.")
