@@ -17,6 +17,7 @@ from .evaluate import (
     evaluate_clusterings,
     evaluate_toy_world,
 )
+from .forward import layer_output
 from .labels import clip_text_labels, concept_labels
 from .models import (
     canonizer_report,
@@ -46,7 +47,8 @@ from .plots import (
     virtual_neuron_grids,
 )
 from .polysemanticity import polysemanticity_scores, rank_polysemantic
-from .references import References, check_references, collect_references
+from .reference_type import References, check_references
+from .references import collect_references
 from .routing import route_images, virtual_activations, virtual_heatmaps
 from .sae import sae_split, train_layer_sae
 from .virtual import VirtualNeurons, activation_features
@@ -84,6 +86,7 @@ __all__ = [
     "evaluate_toy_world",
     "get_module",
     "layer_names",
+    "layer_output",
     "load_model",
     "lrp_composite",
     "masked_patch",
