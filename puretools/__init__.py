@@ -1,7 +1,9 @@
 """puretools: PURE in notebooks. Turn polysemantic neurons into pure virtual neurons by clustering their circuits."""
 
-__version__ = "0.1.0"
-
+# distributed registers the several-process steps (puretools.ranks) and toyworld the toy model and
+# data set (models.register_model, data.register_dataset): importing puretools makes both available.
+from . import distributed, toyworld
+from ._version import __version__
 from .circuits import circuit_attributions, memory_plan, subnetwork
 from .disentangle import compare_on_toy
 from .editing import edit_virtual_neurons
@@ -114,4 +116,6 @@ __all__ = [
     "route_images",
     "virtual_activations",
     "virtual_heatmaps",
+    "distributed",
+    "toyworld",
 ]

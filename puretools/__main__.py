@@ -11,7 +11,18 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+from safetensors.torch import save_file
+
+from . import distributed, toyworld
+from ._version import __version__
+from .checks import resolve_device
+from .circuits import circuit_attributions
 from .config import cache_dir
+from .data import load_dataset
+from .errors import PuretoolsError
+from .models import load_model
+from .references import collect_references
 
 __all__ = ["cli_message", "main"]
 
@@ -124,12 +135,6 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _setup(args):
-    import torch
-
-    from . import distributed, load_model
-    from .checks import resolve_device
-    from .data import load_dataset
-
     device = resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), name="--device")
     device = distributed.setup(device, timeout=args.timeout * 60)  # torchrun: one process group, a device per rank
     torch.manual_seed(args.seed)  # random weights (--weights none) are the same on every run
@@ -138,7 +143,7 @@ def _setup(args):
     model = distributed.rank_zero_first(load_model, args.model, weights=weights, device=device)
     dataset = load_dataset(args.data, size=args.size)
     if args.model == "toy":
-        from .toyworld import LAYER, LOWER_LAYER
+        LAYER, LOWER_LAYER = toyworld.LAYER, toyworld.LOWER_LAYER
     else:
         LAYER, LOWER_LAYER = "layer4", "layer3"
     layer = args.layer or LAYER
@@ -147,9 +152,7 @@ def _setup(args):
 
 
 def _say(message: str) -> None:
-    from .distributed import rank
-
-    if rank() == 0:
+    if distributed.rank() == 0:
         print(message, flush=True)
 
 
@@ -160,12 +163,7 @@ def _write(path: Path, tensors: dict, metadata: dict) -> None:
     sorted keys: safetensors stores several metadata keys in a random order, and one key keeps
     the file the same byte for byte from run to run (and with any number of processes).
     """
-    from safetensors.torch import save_file
-
-    from . import __version__
-    from .distributed import rank
-
-    if rank() != 0:
+    if distributed.rank() != 0:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -180,8 +178,6 @@ def _metadata(args, layer: str, **more) -> dict:
 
 
 def _collect(args) -> None:
-    from . import collect_references
-
     model, dataset, layer, _, device = _setup(args)
     t = time.perf_counter()
     refs = collect_references(
@@ -196,10 +192,6 @@ def _collect(args) -> None:
 
 
 def _attribute(args) -> None:
-    import torch
-
-    from . import circuit_attributions, collect_references
-
     model, dataset, layer, lower, device = _setup(args)
     refs = collect_references(
         model, dataset, layer, n_ref=args.n_ref, batch_size=args.batch_size,
@@ -222,8 +214,6 @@ def _attribute(args) -> None:
 
 
 def _toy_train(args) -> None:
-    from . import toyworld
-
     kwargs = {"seed": args.seed, "overwrite": args.force}
     if args.epochs is not None:
         kwargs["epochs"] = args.epochs
@@ -309,9 +299,6 @@ def main(argv: list[str] | None = None) -> None:
     rank that fails makes every rank exit with an error.
     """
     args = _parser().parse_args(argv)
-    from . import distributed
-    from .errors import PuretoolsError
-
     try:
         args.func(args)
     except PuretoolsError as err:

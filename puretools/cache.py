@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from ._version import __version__
 from .fingerprints import (
     DatasetHasher,
     _tensor_bytes,
@@ -53,8 +54,6 @@ STALE_TEMP_SECONDS = 24 * 3600
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__
 
 

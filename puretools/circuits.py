@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from . import cache, distributed
+from . import cache, ranks
 from .checks import check_activations, check_images, resolve_device
 from .errors import PuretoolsError
 from .forward import collate_images, forward_to, prepare_model
@@ -22,8 +22,24 @@ from .models import lrp_composite
 from .reference_type import References, check_references
 from .subnet import Precision, _precision_context, memory_plan, subnetwork, tf32_matmuls
 
-# memory_plan, subnetwork and tf32_matmuls live in .subnet (the part of the model between the layers)
-__all__ = ["circuit_attributions", "memory_plan", "normalize_circuits", "subnetwork", "tf32_matmuls"]
+# memory_plan, subnetwork and tf32_matmuls live in .subnet (the part of the model between the layers).
+# The engine's steps (Pairs ... save_circuits) are public for puretools.distributed, which runs the same
+# steps on each rank's share of the pairs.
+__all__ = [
+    "CircuitsPlan",
+    "Pairs",
+    "attribute_chunk",
+    "circuit_attributions",
+    "finish_circuits",
+    "lower_activations",
+    "memory_plan",
+    "normalize_circuits",
+    "pairs_by_image",
+    "prepare_circuits",
+    "save_circuits",
+    "subnetwork",
+    "tf32_matmuls",
+]
 
 Method = Literal["gradient", "lrp"]
 
@@ -58,7 +74,7 @@ def _load_images(dataset: Dataset, indices: torch.Tensor, num_workers: int) -> t
     return torch.cat(list(loader))
 
 
-def _lower_activations(
+def lower_activations(
     model: nn.Module,
     dataset: Dataset,
     images: torch.Tensor,
@@ -102,7 +118,7 @@ def _lower_activations(
     return lower
 
 
-def _attribute_chunk(
+def attribute_chunk(
     sub: nn.Module,
     lower: torch.Tensor,
     pairs: torch.Tensor,
@@ -251,9 +267,13 @@ def circuit_attributions(
     >>> circuit_attributions(model, data, "3", "1", refs, progress=False).shape
     torch.Size([4, 5, 8])
     """
-    if distributed.active():  # under torchrun: the pairs split across ranks (puretools/distributed/)
-        return distributed.split_circuits(**locals())
-    plan = _prepare_circuits(model, dataset, layer, lower_layer, references, neurons, method, batch_size,
+    split = ranks.split_step("circuits")  # under torchrun: the pairs split across ranks (puretools/distributed/)
+    if split is not None:
+        return split(model, dataset, layer, lower_layer, references, neurons=neurons, method=method,
+                     batch_size=batch_size, image_chunk=image_chunk, max_memory=max_memory, device=device,
+                     precision=precision, cache_dir=cache_dir, progress=progress, num_workers=num_workers,
+                     checkpoint_every=checkpoint_every)  # fmt: skip
+    plan = prepare_circuits(model, dataset, layer, lower_layer, references, neurons, method, batch_size,
                              image_chunk, max_memory, device, precision, cache_dir)  # fmt: skip
     if plan.hit is not None:
         return plan.hit
@@ -275,30 +295,30 @@ def circuit_attributions(
     with composite.context(model) if composite else contextlib.nullcontext():
         for chunk_number, start in enumerate(range(first_chunk, len(unique_images), image_chunk), 1):
             chunk = unique_images[start : start + image_chunk]
-            lower = _lower_activations(model, dataset, chunk, torch.arange(len(chunk)), len(chunk), lower_layer,
+            lower = lower_activations(model, dataset, chunk, torch.arange(len(chunk)), len(chunk), lower_layer,
                                        precision, device, num_workers)  # fmt: skip
             if out is None:
                 out = torch.zeros(len(pairs.images), lower.shape[1])
             first = int(pair_end[start - 1]) if start else 0
             end = start + len(chunk)
             last = int(pair_end[end - 1])
-            _attribute_chunk(plan.sub, lower, pairs.order[first:last], counts[start:end], pairs.channel, out,
+            attribute_chunk(plan.sub, lower, pairs.order[first:last], counts[start:end], pairs.channel, out,
                              method, plan.batch_size, precision, device, bar)  # fmt: skip
             if key is not None and checkpoint_every and chunk_number % checkpoint_every == 0 and end < len(unique_images):
                 saved = cache.save_cached(cache_dir, "circuits-partial", key, {"out": out, "next": torch.tensor(end)})
                 checkpoint_every = checkpoint_every if saved is not None else 0  # warned once; go on
     bar.close()
     assert out is not None
-    circuits = _finish_circuits(out, plan, layer, lower_layer)
+    circuits = finish_circuits(out, plan, layer, lower_layer)
     if key is not None:
-        saved = _save_circuits(cache_dir, key, circuits, layer, lower_layer, method, precision)
+        saved = save_circuits(cache_dir, key, circuits, layer, lower_layer, method, precision)
         if saved is not None:
             cache.remove_cached(cache_dir, "circuits-partial", key)
     return circuits
 
 
 @dataclass(frozen=True)
-class _Pairs:
+class Pairs:
     """The (neuron, reference) pairs of a call, grouped by reference image.
 
     Pair ``p`` is reference ``p % n_ref`` of the ``p // n_ref``-th neuron.
@@ -311,18 +331,18 @@ class _Pairs:
     counts: torch.Tensor  # LongTensor [U]: pairs per distinct image
 
 
-def _pairs(ref_idx: torch.Tensor, neurons: torch.Tensor) -> _Pairs:
+def pairs_by_image(ref_idx: torch.Tensor, neurons: torch.Tensor) -> Pairs:
     """The pairs of ``neurons`` and their references ``ref_idx`` [channels, n_ref], grouped by image."""
     n_ref = ref_idx.shape[1]
     images = ref_idx[neurons].reshape(-1)
     order = torch.argsort(images, stable=True)
     unique_images, counts = torch.unique_consecutive(images[order], return_counts=True)
     channel = neurons[:, None].expand(-1, n_ref).reshape(-1)
-    return _Pairs(images, channel, order, unique_images, counts)
+    return Pairs(images, channel, order, unique_images, counts)
 
 
 @dataclass(frozen=True)
-class _CircuitsPlan:
+class CircuitsPlan:
     """What :func:`circuit_attributions` checked and decided before loading any image.
 
     Shared with the several-process path (``distributed/pairs.py``), so both check the same
@@ -336,12 +356,12 @@ class _CircuitsPlan:
     image_chunk: int
     neurons: torch.Tensor  # LongTensor [N]
     n_ref: int
-    pairs: _Pairs
+    pairs: Pairs
     key: str | None  # cache key; None without a cache (or for a data set whose items change)
     hit: torch.Tensor | None  # the verified cached circuits (only when looked up)
 
 
-def _prepare_circuits(
+def prepare_circuits(
     model: nn.Module,
     dataset: Dataset,
     layer: str,
@@ -356,7 +376,7 @@ def _prepare_circuits(
     precision: str,
     cache_dir: str | os.PathLike | None,
     lookup: bool = True,
-) -> _CircuitsPlan:
+) -> CircuitsPlan:
     """The argument checks, the device, the subnetwork, the memory plan, the references and
     neurons (:func:`check_references`), the pairs, the cache key and (with ``lookup``) the hit."""
     if method not in ("gradient", "lrp"):
@@ -392,12 +412,12 @@ def _prepare_circuits(
         if lookup:
             found = cache.load_cached(cache_dir, "circuits", key, expect={"circuits": (len(neurons_t), n_ref, None)})
             hit = None if found is None else found["circuits"]
-    return _CircuitsPlan(model, sub, device, batch_size, image_chunk, neurons_t, n_ref, _pairs(ref_idx, neurons_t),
+    return CircuitsPlan(model, sub, device, batch_size, image_chunk, neurons_t, n_ref, pairs_by_image(ref_idx, neurons_t),
                          key, hit)  # fmt: skip
 
 
-def _finish_circuits(
-    out: torch.Tensor, plan: _CircuitsPlan, layer: str, lower_layer: str, warn: bool = True, stacklevel: int = 3
+def finish_circuits(
+    out: torch.Tensor, plan: CircuitsPlan, layer: str, lower_layer: str, warn: bool = True, stacklevel: int = 3
 ) -> torch.Tensor:
     """Unnormalised circuits of all pairs [P, C_lower] -> checked, normalised [N, n_ref, C_lower].
 
@@ -422,7 +442,7 @@ def _finish_circuits(
     return circuits
 
 
-def _save_circuits(cache_dir, key: str, circuits: torch.Tensor, layer: str, lower_layer: str, method: str,
+def save_circuits(cache_dir, key: str, circuits: torch.Tensor, layer: str, lower_layer: str, method: str,
                    precision: str) -> Path | None:  # fmt: skip
     """Write ``circuits`` under ``key`` (the file of one process, whoever computed it)."""
     return cache.save_cached(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ __all__ = [
     "load_dataset",
     "make_image_folder",
     "read_image_file",
+    "register_dataset",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -106,12 +108,26 @@ def read_image_file(path: str | os.PathLike):
         ) from err
 
 
-def load_dataset(spec: str, size: int = 224) -> Dataset:
-    """A data set from a short spec: ``"toy:test"``, ``"toy:train"`` or a folder path."""
-    if spec.startswith("toy:"):
-        from .toyworld import ToyWorld
+#: prefix -> factory(split) for data sets defined elsewhere in puretools; the toy world registers "toy"
+#: (data.py never imports the toy world: it sits below it).
+_REGISTERED: dict[str, Callable[[str], Dataset]] = {}
 
-        return ToyWorld(split=spec.split(":", 1)[1])
+
+def register_dataset(prefix: str, factory: Callable[[str], Dataset]) -> None:
+    """Make :func:`load_dataset` turn ``"<prefix>:<split>"`` into ``factory(split)``.
+
+    The toy world registers ``"toy"`` when :mod:`puretools.toyworld` is imported (``import puretools`` does).
+    """
+    if not isinstance(prefix, str) or not prefix.isidentifier():
+        raise PuretoolsError(f"A data-set prefix must be a name such as 'toy', not {prefix!r}.")
+    _REGISTERED[prefix] = factory
+
+
+def load_dataset(spec: str, size: int = 224) -> Dataset:
+    """A data set from a short spec: ``"toy:test"``, ``"toy:train"`` (a registered prefix) or a folder path."""
+    prefix, sep, split = spec.partition(":")
+    if sep and prefix in _REGISTERED:
+        return _REGISTERED[prefix](split)
     return image_folder(spec, size=size)
 
 

@@ -14,7 +14,12 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
+from . import toyworld
+from .circuits import circuit_attributions
 from .errors import PuretoolsError
+from .models import load_model
+from .references import collect_references
+from .virtual import VirtualNeurons, activation_features
 
 __all__ = [
     "ToyEvaluation",
@@ -432,12 +437,6 @@ def evaluate_toy_world(
         ``.neurons``, ``.table`` (:class:`DistanceTable`), ``.correlations`` and ``.ari``
         (mean and standard error over the neurons, per method).
     """
-    from . import toyworld
-    from .circuits import circuit_attributions
-    from .models import load_model
-    from .references import collect_references
-    from .virtual import VirtualNeurons, activation_features
-
     model = load_model("toy")
     data = toyworld.ToyWorld(split="test")
     refs = collect_references(model, data, toyworld.LAYER, n_ref=100, cache_dir=cache_dir, progress=progress)

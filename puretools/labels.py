@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .embed import ClipEmbedder
 from .errors import PuretoolsError, WeightsNotFoundError
 from .virtual import VirtualNeurons
 
@@ -157,9 +158,7 @@ def clip_text_labels(
         out = clip_text_labels([patches_0, patches_1], ["disc", "stripes"], pretrained=None)
         out.words, out.random_weights   # (['stripes', 'stripes'], True): random weights
     """
-    import open_clip
-
-    from .embed import ClipEmbedder
+    import open_clip  # heavy and optional: loaded only by the functions that use CLIP
 
     words = list(words)
     if not words or not all(isinstance(w, str) and w for w in words):

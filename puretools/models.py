@@ -30,10 +30,35 @@ __all__ = [
     "layer_names",
     "load_model",
     "lrp_composite",
+    "register_model",
     "timm_pretrained",
 ]
 
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+#: name -> loader(weights) for models defined elsewhere in puretools; the toy world registers "toy"
+#: (models.py never imports the toy world: it sits below it).
+_REGISTERED: dict[str, Callable[[str | os.PathLike | None], nn.Module]] = {}
+
+
+def register_model(name: str, loader: Callable[[str | os.PathLike | None], nn.Module]) -> None:
+    """Make :func:`load_model` load ``name`` with ``loader(weights)``.
+
+    ``weights`` is what ``load_model`` was given (``"default"``, None or a path). The toy world
+    registers ``"toy"`` when :mod:`puretools.toyworld` is imported (``import puretools`` does).
+
+    Examples
+    --------
+    >>> register_model("tiny", lambda weights: nn.Sequential(nn.Conv2d(3, 4, 3)))
+    >>> load_model("tiny", weights=None)
+    Sequential(
+      (0): Conv2d(3, 4, kernel_size=(3, 3), stride=(1, 1))
+    )
+    >>> del _REGISTERED["tiny"]
+    """
+    if not isinstance(name, str) or not name or name in TORCHVISION_RESNETS or name.startswith("timm/"):
+        raise PuretoolsError(f"Cannot register a model as {name!r}: use a new, non-empty name without 'timm/'.")
+    _REGISTERED[name] = loader
 
 
 def load_model(
@@ -75,18 +100,15 @@ def load_model(
     (False, True)
     """
     device = resolve_device(device)
-    if name == "toy":
-        from . import toyworld
-
-        path = None if weights in ("default", None) else weights
-        model = toyworld.load_toy_model(path)
+    if name in _REGISTERED:
+        model = _REGISTERED[name](weights)
     elif name in TORCHVISION_RESNETS:
         model = _load_torchvision(name, weights)
     elif name.startswith("timm/"):
         model = _load_timm(name[len("timm/") :], weights)
     else:
         raise PuretoolsError(
-            f"Unknown model name {name!r}. Use 'toy', one of {list(TORCHVISION_RESNETS)}, "
+            f"Unknown model name {name!r}. Use one of {sorted(_REGISTERED) + list(TORCHVISION_RESNETS)}, "
             "or a timm name prefixed with 'timm/' such as 'timm/resnet50.a1_in1k'."
         )
     return model.eval().to(device)

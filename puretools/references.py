@@ -18,13 +18,24 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from . import cache, distributed, forward, reference_type
+from . import cache, forward, ranks, reference_type
 from .checks import check_activations, check_called_once, check_images, resolve_device
 from .errors import PuretoolsError
 from .models import get_module
 from .reference_type import References
 
-__all__ = ["References", "check_dataset", "collect_references"]
+# The engine's steps (ReferencesPlan ... save_references) are public for puretools.distributed, which
+# runs them on each rank's shard of the data set.
+__all__ = [
+    "References",
+    "ReferencesPlan",
+    "check_dataset",
+    "collect_in_process",
+    "collect_references",
+    "prepare_references",
+    "references_key",
+    "save_references",
+]
 
 # Names that lived here before references.py was split (issue 21); importable from here for one
 # more release, with a DeprecationWarning that names their new home.
@@ -125,14 +136,13 @@ def collect_references(
     >>> refs.indices.shape  # 4 channels, 10 references each
     torch.Size([4, 10])
     """
-    if distributed.active():  # under torchrun: one shard per rank, merged (puretools/distributed/)
-        return distributed.sharded_references(_collect, locals())
-    return _collect(model, dataset, layer, n_ref, batch_size, device, num_workers, cache_dir, progress,
-                    checkpoint_every)
+    split = ranks.split_step("references")  # under torchrun: one shard per rank, merged (puretools/distributed/)
+    return (split or collect_in_process)(model, dataset, layer, n_ref, batch_size, device, num_workers, cache_dir,
+                                         progress, checkpoint_every)  # fmt: skip
 
 
 @dataclass(frozen=True)
-class _ReferencesPlan:
+class ReferencesPlan:
     """What :func:`collect_references` checked and decided before reading any image.
 
     Shared with the several-process path (``distributed/shards.py``), so both check the same
@@ -147,12 +157,13 @@ class _ReferencesPlan:
     hit: References | None  # the verified cached result (only when looked up)
 
 
-def _references_key(model: nn.Module, hasher: cache.DatasetHasher, layer: str, n_ref: int) -> str:
+def references_key(model: nn.Module, hasher: cache.DatasetHasher, layer: str, n_ref: int) -> str:
+    """The cache key of the references of ``model`` at ``layer`` on the data set of ``hasher``."""
     return cache.fingerprint(kind="references", model=cache.model_fingerprint(model), dataset=hasher.identity,
                              layer=layer, n_ref=n_ref)  # fmt: skip
 
 
-def _prepare_references(
+def prepare_references(
     model: nn.Module,
     dataset: Dataset,
     layer: str,
@@ -161,7 +172,7 @@ def _prepare_references(
     device: str | torch.device | None,
     cache_dir: str | os.PathLike | None,
     lookup: bool = True,
-) -> _ReferencesPlan:
+) -> ReferencesPlan:
     """The checks, the device, the cache key and (with ``lookup``) the verified cache hit."""
     n = check_dataset(dataset, n_ref)
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
@@ -172,17 +183,17 @@ def _prepare_references(
     hasher = cache.DatasetHasher(dataset)  # fed with every image as it streams by
     key = hit = None
     if cache_dir is not None and not cache.items_change(dataset):
-        key = _references_key(model, hasher, layer, n_ref)
+        key = references_key(model, hasher, layer, n_ref)
         entry = cache.load_entry(cache_dir, "references", key,
                                  expect={"indices": (None, n_ref), "values": (None, n_ref)}) if lookup else None
         if entry is not None:
             (tensors, info), fp = entry, hasher.hexdigest() if hasher.complete else cache.dataset_fingerprint(dataset)
             if info.get("dataset") == fp:  # else some image changed since: recompute, overwrite
                 hit = References(tensors["indices"], tensors["values"], layer, len(tensors["indices"]), fp)
-    return _ReferencesPlan(n, model, device, hasher, key, hit)
+    return ReferencesPlan(n, model, device, hasher, key, hit)
 
 
-def _save_references(cache_dir: str | os.PathLike, key: str, result: References, n: int) -> Path | None:
+def save_references(cache_dir: str | os.PathLike, key: str, result: References, n: int) -> Path | None:
     """Write ``result`` under ``key`` (the file of one process, whoever computed it)."""
     return cache.save_cached(
         cache_dir, "references", key, {"indices": result.indices, "values": result.values},
@@ -191,7 +202,7 @@ def _save_references(cache_dir: str | os.PathLike, key: str, result: References,
     )
 
 
-def _collect(
+def collect_in_process(
     model: nn.Module,
     dataset: Dataset,
     layer: str,
@@ -206,7 +217,7 @@ def _collect(
 ) -> References:
     """:func:`collect_references` in this process; ``digests`` (if given) receives the item digests
     of the images it streams, in index order, when the data set is hashed item by item."""
-    plan = _prepare_references(model, dataset, layer, n_ref, batch_size, device, cache_dir)
+    plan = prepare_references(model, dataset, layer, n_ref, batch_size, device, cache_dir)
     if plan.hit is not None:
         return plan.hit
     n, model, device, hasher, key = plan.n, plan.model, plan.device, plan.hasher, plan.key
@@ -273,7 +284,7 @@ def _collect(
     assert start == n and values is not None
     result = References(indices.cpu(), values.cpu(), layer, int(values.shape[0]), hasher.hexdigest())
     if key is not None:
-        saved = _save_references(cache_dir, key, result, n)
+        saved = save_references(cache_dir, key, result, n)
         if saved is not None:
             cache.remove_cached(cache_dir, "references-partial", key)
     return result

@@ -15,13 +15,16 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .circuits import circuit_attributions
+from .data import denormalize as imagenet_denormalize
 from .errors import PuretoolsError
 from .evaluate import cluster_distances
 from .forward import collate_images
 from .patches import patches_from_heatmaps, reference_heatmaps
+from .plots import cluster_colors, patch_grid, plot_umap, umap_embedding
 from .polysemanticity import polysemanticity_scores
 from .reference_type import References
 from .routing import conditional_heatmaps, partition_conditions
+from .toyworld import dominant_concepts, ground_truth_scores
 from .virtual import activation_features, kmeans_labels
 
 __all__ = [
@@ -163,10 +166,8 @@ def prepare_explorer(
         pass per neuron and k).
     heatmap_method : {"lrp", "gradient"}
     """
-    from .toyworld import dominant_concepts
-
     if denormalize is None:
-        from .data import denormalize
+        denormalize = imagenet_denormalize
     n_channels = references.n_channels
     neurons = list(range(n_channels)) if neurons is None else [int(n) for n in neurons]
     circuits = circuit_attributions(
@@ -239,8 +240,6 @@ def _precompute_heatmaps(data: ExplorerData, position: int, model: nn.Module, da
 def _project(features: torch.Tensor, use_umap: bool, seed: int) -> np.ndarray:
     x = features.double().numpy()
     if use_umap:
-        from .plots import umap_embedding
-
         return umap_embedding(x, seed=seed)
     x = x - x.mean(0)
     _, _, vt = np.linalg.svd(x, full_matrices=False)
@@ -257,8 +256,6 @@ def explorer_scores(data: ExplorerData, position: int, k: int, method: str) -> d
     >>> explorer_scores(data, 0, 2, "PURE")["ari"]
     1.0
     """
-    from .toyworld import ground_truth_scores
-
     labels = data.labels(position, method, k)
     out: dict[str, float] = {}
     if data.concepts is not None:
@@ -287,8 +284,6 @@ def explorer_figure(
     matplotlib.figure.Figure
     """
     import matplotlib.pyplot as plt
-
-    from .plots import cluster_colors, patch_grid, plot_umap
 
     if not 0 <= position < len(data.neurons):
         raise PuretoolsError(f"position must lie in 0..{len(data.neurons) - 1}, got {position}.")
@@ -346,8 +341,6 @@ def explorer_heatmap_figure(data: ExplorerData, position: int, k: int):
     matplotlib.figure.Figure
     """
     import matplotlib.pyplot as plt
-
-    from .plots import cluster_colors
 
     if not 0 <= position < len(data.neurons):
         raise PuretoolsError(f"position must lie in 0..{len(data.neurons) - 1}, got {position}.")

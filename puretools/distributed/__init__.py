@@ -2,7 +2,9 @@
 
 When a ``torch.distributed`` process group is initialised (and holds more than one process),
 :func:`puretools.collect_references` and :func:`puretools.circuit_attributions` hand their work
-to this module; every rank calls them with the same arguments and gets the same result, equal
+to this module (they ask :func:`puretools.ranks.split_step`, which returns what this module
+registered with :func:`puretools.ranks.register_split` when it was imported; the engines never
+import it); every rank calls them with the same arguments and gets the same result, equal
 to what one process computes:
 
 - **Reference collection.** The data set is cut into contiguous shards by index, along the
@@ -43,9 +45,9 @@ to what one process computes:
   others report as :class:`RankFailedError` too; a rank that hangs is caught by the process
   group's timeout (``timeout=`` of ``init_process_group``, ``--timeout`` on the command line).
 
-Both paths start with the engine's own preparation (``references._prepare_references``,
-``circuits._prepare_circuits``: the argument checks, the plan, the cache key and the verified
-hit) and use its per-chunk work (``circuits._lower_activations``: load, check, forward, check
+Both paths start with the engine's own preparation (``references.prepare_references``,
+``circuits.prepare_circuits``: the argument checks, the plan, the cache key and the verified
+hit) and use its per-chunk work (``circuits.lower_activations``: load, check, forward, check
 the activations), so a check added to one process holds under torchrun too.
 
 Results travel as CPU tensors through a gloo group (created beside an NCCL default group), so

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import datetime
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,10 +12,10 @@ import torch.distributed as dist
 
 from .. import cache
 from ..errors import PuretoolsError
+from ..ranks import active, local, rank, world_size
 
+# active, local, rank and world_size live in puretools.ranks (the engines ask it; it imports nothing of theirs)
 __all__ = ["RankFailedError", "active", "local", "rank", "rank_zero_first", "setup", "teardown", "world_size"]
-
-_LOCAL: contextvars.ContextVar[bool] = contextvars.ContextVar("puretools_local", default=False)
 
 
 class RankFailedError(PuretoolsError):
@@ -32,63 +30,6 @@ class RankFailedError(PuretoolsError):
 
 
 # --------------------------------------------------------------------------- the process group
-
-
-def active() -> bool:
-    """True when puretools splits its work: a process group of 2+ processes, outside :func:`local`.
-
-    Examples
-    --------
-    >>> active()  # no process group in this process
-    False
-    """
-    return (
-        not _LOCAL.get()
-        and dist.is_available()
-        and dist.is_initialized()
-        and dist.get_world_size() > 1
-    )
-
-
-@contextlib.contextmanager
-def local() -> Iterator[None]:
-    """Inside this block every rank computes on its own, as if it were alone.
-
-    For work that differs between ranks (e.g. each rank attributes another layer).
-
-    Examples
-    --------
-    >>> with local():
-    ...     active()
-    False
-    """
-    token = _LOCAL.set(True)
-    try:
-        yield
-    finally:
-        _LOCAL.reset(token)
-
-
-def rank() -> int:
-    """This process's rank in the process group (0 without one).
-
-    Examples
-    --------
-    >>> rank()
-    0
-    """
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def world_size() -> int:
-    """Processes in the process group (1 without one).
-
-    Examples
-    --------
-    >>> world_size()
-    1
-    """
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def setup(device: str | torch.device | None = None, timeout: float = 1800.0) -> torch.device:
@@ -227,8 +168,6 @@ def rank_zero_first(fn: Callable, *args, **kwargs):
         result, error = _run(fn, *args, **kwargs)
     _agree(error, what="waiting for the other ranks")
     return result
-
-
 
 
 def _remove_after_barrier(cache_dir, entries: list[tuple[str, str]]) -> None:

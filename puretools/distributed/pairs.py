@@ -7,9 +7,21 @@ import contextlib
 import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from .. import cache
+from ..circuits import (
+    attribute_chunk,
+    finish_circuits,
+    lower_activations,
+    pairs_by_image,
+    prepare_circuits,
+    save_circuits,
+)
 from ..errors import PuretoolsError
+from ..models import lrp_composite
+from ..ranks import register_split
+from ..reference_type import check_references
 from .group import _agree, _broadcast, _collective, _group, _remove_after_barrier, _run
 
 __all__ = ["balance", "plan_split", "split_circuits"]
@@ -39,8 +51,8 @@ def balance(pairs: list[int], world_size: int) -> list[list[int]]:
 def _units(counts: torch.Tensor, batch_size: int, image_chunk: int) -> list[tuple[int, torch.Tensor]]:
     """The batches one process walks: ``(first image of the chunk, positions of the batch's images)``.
 
-    ``counts`` are the pairs per distinct image (``circuits._Pairs.counts``); within a chunk
-    the images are taken in decreasing order of their pair counts, as ``circuits._attribute_chunk`` does.
+    ``counts`` are the pairs per distinct image (``circuits.Pairs.counts``); within a chunk
+    the images are taken in decreasing order of their pair counts, as ``circuits.attribute_chunk`` does.
     """
     units: list[tuple[int, torch.Tensor]] = []
     for start in range(0, len(counts), image_chunk):
@@ -79,10 +91,7 @@ def plan_split(
     >>> plan_split(refs, 2, batch_size=1)
     {'units': [2, 2, 1, 1], 'loads': [3, 3], 'ideal_speedup': 2.0}
     """
-    from ..circuits import _pairs
-    from ..reference_type import check_references
-
-    counts = _pairs(*check_references(references, neurons=neurons)).counts
+    counts = pairs_by_image(*check_references(references, neurons=neurons)).counts
     pairs = [int(counts[p].sum()) for _, p in _units(counts, batch_size, image_chunk)]
     loads = [sum(pairs[u] for u in rank_units) for rank_units in balance(pairs, world_size)]
     return {"units": pairs, "loads": loads, "ideal_speedup": round(sum(pairs) / max(loads), 3)}
@@ -108,18 +117,16 @@ def split_circuits(
 ) -> torch.Tensor:
     """:func:`puretools.circuit_attributions` with its pairs split across the ranks.
 
-    Called by ``circuit_attributions`` itself when :func:`active`, with its own arguments (an
-    argument it does not know is a TypeError: it must learn it); see the module docstring.
-    The checks, plan, cache key and hit are the engine's (``circuits._prepare_circuits``), the
-    images are loaded, checked and forwarded by the engine's ``_lower_activations`` and
-    attributed by its ``_attribute_chunk``, on this rank's units; the result is checked,
-    normalised and saved by the engine's ``_finish_circuits`` and ``_save_circuits``. Every
+    What ``circuit_attributions`` runs when :func:`active` (registered with
+    :func:`puretools.ranks.register_split`), with the same arguments; see the module docstring.
+    The checks, plan, cache key and hit are the engine's (``circuits.prepare_circuits``), the
+    images are loaded, checked and forwarded by the engine's ``lower_activations`` and
+    attributed by its ``attribute_chunk``, on this rank's units; the result is checked,
+    normalised and saved by the engine's ``finish_circuits`` and ``save_circuits``. Every
     rank returns the whole tensor.
     """
-    from .. import circuits as C
-
     me, world = dist.get_rank(), dist.get_world_size()
-    plan, error = _run(C._prepare_circuits, model, dataset, layer, lower_layer, references, neurons, method,
+    plan, error = _run(prepare_circuits, model, dataset, layer, lower_layer, references, neurons, method,
                        batch_size, image_chunk, max_memory, device, precision, cache_dir, lookup=me == 0)
     _agree(error, what="checking the arguments")
     hit = _broadcast(plan.hit, "sharing the cached result") if cache_dir is not None else None
@@ -135,7 +142,7 @@ def split_circuits(
 
     partial_kind = f"circuits-partial-rank{me}of{world}"
     part, error = _run(
-        _compute_units, C, plan, dataset, mine, my_pairs, method, precision, num_workers, lower_layer, layer,
+        _compute_units, plan, dataset, mine, my_pairs, method, precision, num_workers, lower_layer, layer,
         progress=progress and me == 0, checkpoint=(cache_dir, partial_kind, key, checkpoint_every)
         if key is not None and checkpoint_every else None,
     )
@@ -159,9 +166,9 @@ def split_circuits(
         out[i[: int(c)]] = r[: int(c)]
 
     # every rank holds the same rows: the same check passes or raises on all of them
-    circuits = C._finish_circuits(out, plan, layer, lower_layer, warn=me == 0, stacklevel=4)
+    circuits = finish_circuits(out, plan, layer, lower_layer, warn=me == 0, stacklevel=4)
     if key is not None:
-        _, error = _run(lambda: me == 0 and C._save_circuits(cache_dir, key, circuits, layer, lower_layer, method,
+        _, error = _run(lambda: me == 0 and save_circuits(cache_dir, key, circuits, layer, lower_layer, method,
                                                              precision))  # fmt: skip
         _agree(error, what="writing the cache")
         _remove_after_barrier(cache_dir, [(partial_kind, key)])
@@ -173,13 +180,9 @@ def _unit_pairs(positions: torch.Tensor, order: torch.Tensor, pair_start: torch.
     return torch.cat([order[int(pair_start[p]) : int(pair_start[p] + counts[p])] for p in positions])
 
 
-def _compute_units(C, plan, dataset, mine, my_pairs, method, precision, num_workers, lower_layer, layer, progress,
+def _compute_units(plan, dataset, mine, my_pairs, method, precision, num_workers, lower_layer, layer, progress,
                    checkpoint):  # fmt: skip
     """The unnormalised circuits [len(my_pairs), C_lower] of this rank's units (None if it has none)."""
-    from tqdm.auto import tqdm
-
-    from ..models import lrp_composite
-
     if not mine:
         return None
     pairs, device = plan.pairs, plan.device
@@ -206,14 +209,14 @@ def _compute_units(C, plan, dataset, mine, my_pairs, method, precision, num_work
                 continue
             positions = torch.cat([mine[u][1] for u in todo])
             chunk_len = min(plan.image_chunk, len(pairs.unique_images) - start)
-            lower = C._lower_activations(plan.model, dataset, pairs.unique_images[positions], positions - start,
+            lower = lower_activations(plan.model, dataset, pairs.unique_images[positions], positions - start,
                                          chunk_len, lower_layer, precision, device, num_workers)  # fmt: skip
             if out is None:
                 out = torch.zeros(len(my_pairs), lower.shape[1])
             row = 0
             for u in todo:
                 n_images = len(mine[u][1])
-                C._attribute_chunk(
+                attribute_chunk(
                     plan.sub, lower[row : row + n_images], torch.arange(offsets[u], offsets[u] + sizes[u]),
                     pairs.counts[mine[u][1]], local_channel, out, method, plan.batch_size, precision, device, bar,
                 )
@@ -225,3 +228,6 @@ def _compute_units(C, plan, dataset, mine, my_pairs, method, precision, num_work
                 cache.save_cached(cache_dir, kind, key, {"out": out, "done": done, "pairs": my_pairs})
     bar.close()
     return out
+
+
+register_split("circuits", split_circuits)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import os
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.utils.data import Dataset
 
 from .. import cache
+from ..ranks import register_split
+from ..reference_type import References
+from ..references import collect_in_process, prepare_references, references_key, save_references
 from .group import _agree, _broadcast, _collective, _group, _remove_after_barrier, _run
 
 __all__ = ["merge_top", "shard_bounds", "sharded_references"]
@@ -74,23 +77,31 @@ def merge_top(values: torch.Tensor, indices: torch.Tensor, n_ref: int) -> tuple[
     return values.gather(1, by_value), indices.gather(1, by_value)
 
 
-def sharded_references(engine: Callable, args: dict[str, Any]):
-    """:func:`puretools.collect_references` (``engine``: its one-process body) with ``args``, one shard per rank.
+def sharded_references(
+    model: nn.Module,
+    dataset: Dataset,
+    layer: str,
+    n_ref: int = 100,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    checkpoint_every: int = 50,
+) -> References:
+    """:func:`puretools.collect_references` with the same arguments, one shard of the data set per rank.
 
-    Called by ``collect_references`` itself when :func:`active`; see the module docstring.
-    The checks, cache key and cache hit are the engine's own (``references._prepare_references``);
-    every rank returns the same :class:`~puretools.References` as one process, with the
-    fingerprint of the whole data set.
+    What ``collect_references`` runs when :func:`active` (registered with
+    :func:`puretools.ranks.register_split`); see the module docstring. The checks, cache key
+    and cache hit are the engine's own (:func:`puretools.references.prepare_references`), each
+    shard is collected by its one-process body
+    (:func:`puretools.references.collect_in_process`); every rank returns the same
+    :class:`~puretools.References` as one process, with the fingerprint of the whole data set.
     """
-    from ..reference_type import References
-    from ..references import _prepare_references, _references_key, _save_references
-
-    dataset, layer, n_ref = args["dataset"], args["layer"], args["n_ref"]
-    batch_size, cache_dir = args["batch_size"], args["cache_dir"]
     me, world = dist.get_rank(), dist.get_world_size()
 
-    plan, error = _run(_prepare_references, args["model"], dataset, layer, n_ref, batch_size, args["device"],
-                       cache_dir, lookup=me == 0)  # fmt: skip
+    plan, error = _run(prepare_references, model, dataset, layer, n_ref, batch_size, device, cache_dir,
+                       lookup=me == 0)
     _agree(error, what="checking the arguments")
     hit = _broadcast(plan.hit, "sharing the cached result") if cache_dir is not None else None
     if hit is not None:
@@ -105,8 +116,8 @@ def sharded_references(engine: Callable, args: dict[str, Any]):
     def compute():
         if stop == start:
             return None
-        refs = engine(**{**args, "dataset": shard, "n_ref": local_n_ref, "progress": args["progress"] and me == 0,
-                         "digests": digests})  # fmt: skip
+        refs = collect_in_process(model, shard, layer, local_n_ref, batch_size, device, num_workers, cache_dir,
+                                  progress and me == 0, checkpoint_every, digests=digests)  # fmt: skip
         if not hasher.complete and len(digests) < stop - start:  # resumed or cached shard: read the rest
             missing = range(start, stop - len(digests))
             digests[:0] = [cache.item_digest(cache.item_image(dataset[i], i)) for i in missing]
@@ -130,9 +141,12 @@ def sharded_references(engine: Callable, args: dict[str, Any]):
     result = References(indices, values, layer, channels, hasher.hexdigest())
 
     if plan.key is not None:
-        _, error = _run(lambda: me == 0 and _save_references(cache_dir, plan.key, result, n))  # one process's file
+        _, error = _run(lambda: me == 0 and save_references(cache_dir, plan.key, result, n))  # one process's file
         _agree(error, what="writing the cache")
         # the shard's own result (kept by the engine until now, so a killed run resumes quickly)
-        shard_key = _references_key(plan.model, cache.DatasetHasher(shard), layer, local_n_ref)
+        shard_key = references_key(plan.model, cache.DatasetHasher(shard), layer, local_n_ref)
         _remove_after_barrier(cache_dir, [("references", shard_key)] if stop > start else [])
     return result
+
+
+register_split("references", sharded_references)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import PuretoolsError, WeightsNotFoundError
+from ..models import register_model
 from .world import CONCEPTS, IMAGE_SIZE, MEAN, STD
 
 __all__ = [
@@ -160,3 +161,11 @@ def load_toy_model(path: str | os.PathLike | None = None) -> nn.Module:
     model = build_model(config["num_concepts"], config["widths"], config["strides"])
     model.load_state_dict(load_file(str(path)))
     return model.eval()
+
+
+def _load_registered(weights: str | os.PathLike | None) -> nn.Module:
+    """``load_model("toy", weights)``: the shipped checkpoint for ``"default"`` or None, else that file."""
+    return load_toy_model(None if weights in ("default", None) else weights)
+
+
+register_model("toy", _load_registered)

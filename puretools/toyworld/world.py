@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..data import register_dataset
 from ..errors import PuretoolsError
 
 __all__ = ["CONCEPTS", "IMAGE_SIZE", "MEAN", "SPLIT_SIZES", "STD", "ToyWorld", "denormalize"]
@@ -369,3 +370,6 @@ class ToyWorld(Dataset):
 
     def __repr__(self) -> str:
         return f"ToyWorld(split={self.split!r}, n={self.n}, seed={self.seed})"
+
+
+register_dataset("toy", lambda split: ToyWorld(split=split))  # load_dataset("toy:test"), the command line's --data
