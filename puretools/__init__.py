@@ -51,6 +51,7 @@ from .plots import (
 from .polysemanticity import polysemanticity_scores, rank_polysemantic
 from .reference_type import References, check_references
 from .references import collect_references
+from .resources import load_benchmark_results
 from .routing import route_images, virtual_activations, virtual_heatmaps
 from .sae import sae_split, train_layer_sae
 from .virtual import VirtualNeurons, activation_features
@@ -89,6 +90,7 @@ __all__ = [
     "get_module",
     "layer_names",
     "layer_output",
+    "load_benchmark_results",
     "load_model",
     "lrp_composite",
     "masked_patch",

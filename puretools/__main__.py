@@ -23,6 +23,7 @@ from .data import load_dataset
 from .errors import PuretoolsError
 from .models import load_model
 from .references import collect_references
+from .resources import notebook_files, resource_path
 
 __all__ = ["cli_message", "main"]
 
@@ -224,10 +225,9 @@ def _toy_train(args) -> None:
 
 
 def _demo(args) -> None:
-    root = Path(__file__).resolve().parent.parent
-    notebooks = sorted((root / "notebooks").glob("[0-9][0-9]*_*.ipynb"))  # 05b, 05c sort after 05
+    notebooks = notebook_files()  # shipped in the package (puretools._notebooks); 05b, 05c sort after 05
     if not notebooks:
-        sys.exit("No notebooks found under notebooks/.")
+        sys.exit(f"No notebooks found in {resource_path('_notebooks')}.")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     for nb in notebooks:
@@ -239,7 +239,7 @@ def _demo(args) -> None:
              # no saved widget state: offline HTML then shows the explorer's PNG, not an empty widget
              "--ExecutePreprocessor.store_widget_state=False",
              "--output-dir", str(out), str(nb)],
-            check=True, cwd=nb.parent,
+            check=True, cwd=out,  # not the notebooks' folder: an installed package is not ours to write into
         )
         print(f"  -> {out / nb.with_suffix('.html').name} ({time.perf_counter() - t:.0f} s)")
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..errors import PuretoolsError, WeightsNotFoundError
 from ..models import register_model
+from ..resources import resource_path
 from .world import CONCEPTS, IMAGE_SIZE, MEAN, STD
 
 __all__ = [
@@ -28,8 +29,9 @@ __all__ = [
 #: The toy model's layer of interest (narrower than the number of concepts) and the layer below.
 LAYER = "layer4"
 LOWER_LAYER = "layer3"
-#: Where the shipped checkpoint and its training record live.
-DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "toyworld"
+#: Where the shipped checkpoint and its training record live: data/toyworld of the source tree,
+#: shipped in the package as puretools._data (see puretools.resources).
+DATA_DIR = resource_path("_data", "toyworld")
 
 #: Default architecture: stem and layer widths, and the strides of stem, layer1..layer4.
 DEFAULT_WIDTHS = (16, 32, 64, 8)
