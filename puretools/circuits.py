@@ -385,7 +385,7 @@ def prepare_circuits(
         raise PuretoolsError("batch_size and image_chunk must be positive integers.")
     device = resolve_device(device, model)
     model = prepare_model(model, device)
-    sub = subnetwork(model, lower_layer, layer)
+    sub = subnetwork(model, layer, lower_layer)
     if max_memory is not None:
         example = collate_images([dataset[0]])[0]
         plan = memory_plan(model, example, layer, lower_layer, max_memory, precision, device)

@@ -44,7 +44,7 @@ class VirtualEdit:
         self.suppress, self.method = suppress, method
         self.last_routes: dict[int, torch.Tensor] = {}
         self.last_suppressed: dict[int, torch.Tensor] = {}
-        self._sub = subnetwork(model, lower_layer, layer)
+        self._sub = subnetwork(model, layer, lower_layer)
         self._busy = False
         self._lower: torch.Tensor | None = None
         self._handles = [

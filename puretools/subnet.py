@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Literal
 
 import torch
@@ -32,11 +33,16 @@ class _LeafTracer(fx.Tracer):
         return not (qualname == "" or any(t.startswith(qualname + ".") for t in self.targets))
 
 
-def subnetwork(model: nn.Module, lower_layer: str, layer: str) -> fx.GraphModule:
+def subnetwork(model: nn.Module, layer: str, lower_layer: str) -> fx.GraphModule:
     """The part of ``model`` that maps the output of ``lower_layer`` to the output of ``layer``.
 
     Built by tracing the model with torch.fx and keeping only the nodes between the two
     layers. The returned module shares its parameters (and hooks) with ``model``.
+
+    The arguments follow the house order (model, data, layer, lower_layer, references). Until
+    release 0.2 they were ``(model, lower_layer, layer)``: a call in that order (``lower_layer``
+    runs before ``layer``, which the other order can never satisfy) still works, with a
+    DeprecationWarning.
 
     Raises
     ------
@@ -49,7 +55,7 @@ def subnetwork(model: nn.Module, lower_layer: str, layer: str) -> fx.GraphModule
     --------
     >>> import torch, torch.nn as nn
     >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
-    >>> sub = subnetwork(model, "0", "2")
+    >>> sub = subnetwork(model, "2", "0")  # layer "2", lower_layer "0"
     >>> sub(torch.randn(1, 4, 6, 6)).shape
     torch.Size([1, 2, 4, 4])
     """
@@ -73,11 +79,16 @@ def subnetwork(model: nn.Module, lower_layer: str, layer: str) -> fx.GraphModule
             raise PuretoolsError(f"Layer {name!r} is called {count} times in forward(); it must be called exactly once.")
     top, low = nodes[layer], nodes[lower_layer]
     position = {n: i for i, n in enumerate(graph.nodes)}
-    if position[low] > position[top]:
-        raise PuretoolsError(
-            f"{lower_layer!r} runs after {layer!r} in the forward pass: lower_layer must be a "
-            f"layer below layer (e.g. layer='layer4', lower_layer='layer3')."
+    if position[low] > position[top]:  # the order before 0.2: (model, lower_layer, layer)
+        warnings.warn(
+            f"subnetwork(model, {layer!r}, {lower_layer!r}): {layer!r} runs before {lower_layer!r}, so they "
+            f"were given in the old order (lower_layer, layer). The order is now subnetwork(model, layer, "
+            f"lower_layer), like every puretools function: call subnetwork(model, {lower_layer!r}, {layer!r}). "
+            "The old order stops working in the next release.",
+            DeprecationWarning,
+            stacklevel=2,
         )
+        layer, lower_layer, top, low = lower_layer, layer, low, top
 
     needed: set[fx.Node] = set()
     stack = [top]
@@ -181,7 +192,7 @@ def memory_plan(
     if not max_memory > 0:
         raise PuretoolsError(f"max_memory is in GiB and must be positive, not {max_memory!r}.")
     device = resolve_device(device, model)
-    sub = subnetwork(model, lower_layer, layer)
+    sub = subnetwork(model, layer, lower_layer)
     x = check_images(example[None], model).to(device)
     largest = [0]
 

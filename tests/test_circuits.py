@@ -1,5 +1,7 @@
 """circuit_attributions against zennit-crp's CondAttribution, the independent reference."""
 
+import warnings
+
 import pytest
 import torch
 from crp.attribution import CondAttribution
@@ -111,12 +113,19 @@ def test_skip_path_is_refused():
             return self.b(self.a(x) + x)
 
     with pytest.raises(pt.PuretoolsError, match="skips 'a'"):
-        pt.subnetwork(Skip(), "a", "b")
+        pt.subnetwork(Skip(), "b", "a")
 
 
-def test_lower_layer_above_layer_is_refused(resnet18):
-    with pytest.raises(pt.PuretoolsError, match="lower_layer must be a layer below layer"):
-        pt.subnetwork(resnet18, "layer4", "layer3")
+def test_subnetwork_takes_layer_then_lower_layer_and_the_old_order_warns(resnet18):
+    """House order (model, layer, lower_layer); the old (model, lower_layer, layer) works for one release."""
+    x = torch.randn(2, 256, 3, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        new = pt.subnetwork(resnet18, "layer4", "layer3")
+    with pytest.warns(DeprecationWarning, match=r"old order.*subnetwork\(model, 'layer4', 'layer3'\)"):
+        old = pt.subnetwork(resnet18, "layer3", "layer4")
+    with torch.no_grad():
+        assert new(x).shape == (2, 512, 2, 2) and torch.equal(new(x), old(x))
 
 
 def test_neuron_out_of_range(resnet18, small_images):
@@ -170,7 +179,7 @@ def test_max_memory_sets_the_batch_sizes_and_keeps_the_results(resnet18, small_i
         x = torch.randn(n, 256, 3, 3, requires_grad=True)
         with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel() * t.element_size()) or t,
                                                       lambda t: t):  # fmt: skip
-            pt.subnetwork(resnet18, "layer3", "layer4")(x)
+            pt.subnetwork(resnet18, "layer4", "layer3")(x)
         return sum(sizes)
 
     per_row = (saved_bytes(6) - saved_bytes(2)) / 4  # the weights cancel
