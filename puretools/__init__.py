@@ -18,6 +18,7 @@ from .evaluate import (
     evaluate_toy_world,
 )
 from .labels import clip_text_labels, concept_labels
+from .layouts import Layout, layer_layout, prefix_tokens, token_grid
 from .models import (
     canonizer_report,
     canonizers_for,
@@ -62,6 +63,7 @@ __all__ = [
     "Embedder",
     "MeanSem",
     "PuretoolsError",
+    "Layout",
     "References",
     "VirtualNeurons",
     "WeightsNotFoundError",
@@ -83,6 +85,7 @@ __all__ = [
     "evaluate_clusterings",
     "evaluate_toy_world",
     "get_module",
+    "layer_layout",
     "layer_names",
     "load_model",
     "lrp_composite",
@@ -96,12 +99,14 @@ __all__ = [
     "plot_distance_correlation",
     "plot_umap",
     "polysemanticity_scores",
+    "prefix_tokens",
     "rank_polysemantic",
     "reference_heatmaps",
     "reference_patches",
     "relevance_map",
     "sae_split",
     "subnetwork",
+    "token_grid",
     "train_layer_sae",
     "umap_embedding",
     "virtual_neuron_grids",
