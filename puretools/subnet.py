@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Literal
 
 import torch
@@ -32,6 +33,20 @@ class _LeafTracer(fx.Tracer):
         return not (qualname == "" or any(t.startswith(qualname + ".") for t in self.targets))
 
 
+def _optional_arguments(model: nn.Module) -> dict[str, object]:
+    """The arguments of ``model.forward`` that have a default: never part of the model's input."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    return {
+        p.name: p.default
+        for p in parameters[1:]
+        if p.default is not inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+
+
 def subnetwork(model: nn.Module, lower_layer: str, layer: str) -> fx.GraphModule:
     """The part of ``model`` that maps the output of ``lower_layer`` to the output of ``layer``.
 
@@ -57,14 +72,23 @@ def subnetwork(model: nn.Module, lower_layer: str, layer: str) -> fx.GraphModule
     get_module(model, lower_layer)
     if layer == lower_layer:
         raise PuretoolsError(f"layer and lower_layer are both {layer!r}; lower_layer must be a layer below layer.")
+    optional = _optional_arguments(model)
     try:
-        graph = _LeafTracer((layer, lower_layer)).trace(model)
+        try:  # optional arguments (timm's attn_mask=None, is_causal=False) fixed at their defaults
+            graph = _LeafTracer((layer, lower_layer)).trace(model, concrete_args=optional or None)
+        except Exception:
+            if not optional:
+                raise
+            graph = _LeafTracer((layer, lower_layer)).trace(model)
     except Exception as err:
         raise PuretoolsError(
             f"Could not trace the model with torch.fx to cut out the part between {lower_layer!r} "
             f"and {layer!r} ({type(err).__name__}: {err}). Data-dependent control flow in "
             "forward() prevents tracing; wrap that code in a module."
         ) from err
+    # Only arguments without a default are the model's input; an optional argument that is
+    # still in the graph (tracing with it fixed failed) is its default in the subnetwork.
+    defaults = {n: optional[n.target] for n in graph.nodes if n.op == "placeholder" and n.target in optional}
     nodes = {n.target: n for n in graph.nodes if n.op == "call_module"}
     calls = [n for n in graph.nodes if n.op == "call_module" and n.target in (layer, lower_layer)]
     for name in (layer, lower_layer):
@@ -90,12 +114,15 @@ def subnetwork(model: nn.Module, lower_layer: str, layer: str) -> fx.GraphModule
         for parent in node.all_input_nodes:
             if parent is low:
                 reached_lower = True
+            elif parent in defaults:
+                continue
             elif parent.op == "placeholder":
                 raise PuretoolsError(
                     f"The output of {layer!r} also depends on the model input through a path that "
                     f"skips {lower_layer!r}, so a circuit from {lower_layer!r} alone is not defined. "
                     f"Pick as lower_layer the layer directly feeding {layer!r} (for ResNets: "
-                    "layer='layer4', lower_layer='layer3')."
+                    "layer='layer4', lower_layer='layer3'; for vision transformers the residual stream "
+                    "after the previous block: layer='blocks.5.mlp.act', lower_layer='blocks.4')."
                 )
             else:
                 stack.append(parent)
@@ -107,7 +134,8 @@ def subnetwork(model: nn.Module, lower_layer: str, layer: str) -> fx.GraphModule
     sub = fx.Graph()
     # A copy of the input, so that an in-place op right after ``lower_layer`` (torchvision's
     # ReLU(inplace=True)) modifies the copy, not the leaf tensor autograd differentiates by.
-    env = {low: sub.call_function(torch.clone, (sub.placeholder("lower"),))}
+    env: dict[fx.Node, object] = {low: sub.call_function(torch.clone, (sub.placeholder("lower"),))}
+    env.update(defaults)
     for node in graph.nodes:
         if node in needed:
             env[node] = sub.node_copy(node, lambda n: env[n])
