@@ -173,3 +173,24 @@ def test_cut_still_refuses_the_real_skip_across_the_residual():
         subnetwork(model, "blocks.1.mlp.act", "blocks.2.mlp.act")
     with pytest.raises(PuretoolsError, match="skips 'blocks.1.mlp.act'"):
         subnetwork(model, "blocks.1.mlp.act", "blocks.2")
+
+
+def test_cut_below_a_lower_layer_inside_the_previous_block_reads_it_on_the_way():
+    model = tiny_timm_vit().double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with pytest.raises(PuretoolsError, match="cut='blocks.0'"):  # the skip error names the cut that works
+        subnetwork(model, "blocks.1.mlp.act", "blocks.2.mlp.act")
+    sub = subnetwork(model, "blocks.1.mlp.act", "blocks.2.mlp.act", cut="blocks.0")
+    y, low = sub(layer_output(model, "blocks.0", x).requires_grad_(True))
+    grad = torch.autograd.grad(y[:, :, 3].clamp(min=0).sum(), low)[0]
+    store = {}  # full-model autograd, the reference
+    hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: store.__setitem__(n, o))
+             for n in ("blocks.1.mlp.act", "blocks.2.mlp.act")]  # fmt: skip
+    model(x)
+    for h in hooks:
+        h.remove()
+    ref = torch.autograd.grad(store["blocks.2.mlp.act"][:, :, 3].clamp(min=0).sum(), store["blocks.1.mlp.act"])[0]
+    assert torch.equal(low, store["blocks.1.mlp.act"]) and grad.abs().sum() > 0
+    assert (grad - ref).abs().max() <= 1e-12
+    with pytest.raises(PuretoolsError, match="not a cut"):
+        subnetwork(model, "blocks.1.mlp.act", "blocks.2.mlp.act", cut="blocks.1.norm2")
