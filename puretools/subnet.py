@@ -11,8 +11,8 @@ from torch import fx, nn
 
 from .checks import check_images, resolve_device
 from .errors import PuretoolsError
+from .forward import forward_to
 from .models import get_module
-from .references import forward_to
 
 __all__ = ["memory_plan", "subnetwork", "tf32_matmuls"]
 

@@ -82,7 +82,8 @@ def sharded_references(engine: Callable, args: dict[str, Any]):
     every rank returns the same :class:`~puretools.References` as one process, with the
     fingerprint of the whole data set.
     """
-    from ..references import References, _prepare_references, _references_key, _save_references
+    from ..reference_type import References
+    from ..references import _prepare_references, _references_key, _save_references
 
     dataset, layer, n_ref = args["dataset"], args["layer"], args["n_ref"]
     batch_size, cache_dir = args["batch_size"], args["cache_dir"]

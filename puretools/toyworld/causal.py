@@ -10,8 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checks import resolve_device
 from ..errors import PuretoolsError
-from ..references import References, check_references, layer_output, prepare_model, resolve_device
+from ..forward import layer_output, prepare_model
+from ..reference_type import References, check_references
 from .ground_truth import dominant_concepts
 from .world import ToyWorld
 
