@@ -153,8 +153,9 @@ def _attribute_chunk(
             size = int((n_pairs > r).sum())
             x = lower[images[:size].to(lower.device)].requires_grad_(True)
             with torch.enable_grad(), _precision_context(precision, device):
-                y = sub(x.transpose(0, 1) if lay_in.kind == "sequence_first" else x)
-            y, low = y if reads_lower else (y, x if lay_in.kind != "sequence_first" else x.transpose(0, 1))
+                x_in = x.transpose(0, 1) if lay_in.kind == "sequence_first" else x  # [T, B, C] for the model
+                y = sub(x_in)
+            y, low = y if reads_lower else (y, x_in)
             start = y.detach().clamp(min=0)  # the neuron's relevance at `layer`: relu(a_k)
             x_value = low.detach()
             grad_out = torch.zeros_like(y)

@@ -196,3 +196,22 @@ def test_full_size_vits_references_equal_brute_force(family):
     idx, val = brute_references(model, data, layer, 2, lambda out: out.amax(0))
     assert refs.indices.shape == (3072, 2) and torch.equal(refs.indices, idx)
     torch.testing.assert_close(refs.values, val, rtol=1e-5, atol=1e-5)
+
+
+def test_vit_routing_heatmaps_and_editing_use_tokens():
+    model, data = tiny_timm_vit(), images(5)
+    x = data.tensors[0]
+    layer, lower = "blocks.2.mlp.act", "blocks.1"
+    vn = pt.VirtualNeurons().fit(torch.rand(2, 6, 192), k=2, neurons=[3, 7])  # 192 lower features
+    acts = pt.virtual_activations(model, x, layer, lower, vn)
+    plain = capture(model, [layer], x)[layer].amax(1)[:, [3, 7]]  # token max by a hook
+    assert acts.shape == (5, 2, 2) and torch.allclose(acts.sum(-1), plain, atol=1e-6)
+    heat, full = pt.virtual_heatmaps(model, x[:2], layer, lower, vn, 3, return_full=True)
+    assert heat.shape == (2, 2, 32, 32) and full.abs().sum() > 0
+    torch.testing.assert_close(heat.sum(0), full, rtol=1e-4, atol=1e-6)
+    routes = pt.route_images(model, x, layer, lower, vn).routes[0]
+    with pt.edit_virtual_neurons(model, layer, lower, vn, suppress={3: [0]}) as edited:
+        out = capture(edited, [layer], x)[layer]
+    hit = routes == 0
+    assert bool((out[hit][..., 3] == 0).all())  # every token of feature 3
+    assert torch.equal(out[~hit], capture(model, [layer], x)[layer][~hit])
