@@ -9,8 +9,8 @@ from open_clip.transformer import VisionTransformer as OpenClipViT
 from torch import nn
 
 from puretools.errors import PuretoolsError
-from puretools.layouts import Layout, layer_layout, prefix_tokens, token_grid
 from puretools.forward import layer_output
+from puretools.layouts import Layout, layer_layout, prefix_tokens, token_grid
 from puretools.subnet import subnetwork
 
 
