@@ -23,6 +23,7 @@ from .evaluate import (
 )
 from .forward import layer_output
 from .labels import clip_text_labels, concept_labels
+from .layouts import Layout, layer_layout, prefix_tokens, token_grid
 from .models import (
     canonizer_report,
     canonizers_for,
@@ -76,6 +77,7 @@ __all__ = [
     "PAPER_CORRELATIONS",
     "PAPER_DISTANCES",
     "PuretoolsError",
+    "Layout",
     "References",
     "VISIBILITY_THRESHOLD",
     "VirtualNeurons",
@@ -104,6 +106,7 @@ __all__ = [
     "evaluate_toy_world",
     "get_module",
     "image_folder",
+    "layer_layout",
     "layer_names",
     "layer_output",
     "load_benchmark_results",
@@ -121,6 +124,7 @@ __all__ = [
     "plot_distance_correlation",
     "plot_umap",
     "polysemanticity_scores",
+    "prefix_tokens",
     "rank_polysemantic",
     "reference_heatmaps",
     "reference_patches",
@@ -130,6 +134,7 @@ __all__ = [
     "sae_split",
     "smoke",
     "subnetwork",
+    "token_grid",
     "toyworld",
     "train_layer_sae",
     "umap_embedding",

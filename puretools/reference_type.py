@@ -15,6 +15,7 @@ from . import cache
 from .checks import check_images
 from .errors import PuretoolsError
 from .forward import collate_images, forward_to
+from .layouts import Layout, layer_layout
 
 __all__ = ["References", "check_neurons", "check_references"]
 
@@ -36,6 +37,9 @@ class References:
     dataset : str or None
         :func:`puretools.cache.dataset_fingerprint` of the data set they index into (None:
         unknown). :func:`check_references` compares it with the data set of a call.
+    token_reduce : {"max", "mean", "cls"}
+        How each image's activation map of a neuron became its value (see
+        :meth:`puretools.layouts.Layout.reduce`): the max over all positions or tokens by default.
     """
 
     indices: torch.Tensor
@@ -43,6 +47,7 @@ class References:
     layer: str
     channels: int | None = None
     dataset: str | None = None
+    token_reduce: str = "max"
 
     @property
     def n_channels(self) -> int:
@@ -109,12 +114,16 @@ def check_neurons(
     return torch.tensor([int(v) for v in items], dtype=torch.long)
 
 
-def _layer_channels(model: nn.Module, layer: str, dataset: Dataset) -> int | None:
-    """Channel count of ``layer``'s output, from one forward pass of image 0 (checked first)."""
+def _layer_channels(model: nn.Module, layer: str, dataset: Dataset, layout: str | Layout | None = None) -> int | None:
+    """Channel count of ``layer``'s output (in its :func:`~puretools.layouts.layer_layout`), from
+    a forward pass of image 0 (checked first)."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    image = check_images(collate_images([dataset[0]]), model, 0).to(device)
     with torch.inference_mode():
-        out = forward_to(model, layer, check_images(collate_images([dataset[0]]), model, 0).to(device))
-    return int(out.shape[1]) if out.ndim >= 2 else None
+        out = forward_to(model, layer, image)
+    if out.ndim < 2:
+        return None
+    return layer_layout(model, layer, image, layout).channels(out)
 
 
 def check_references(
@@ -124,6 +133,7 @@ def check_references(
     neurons: int | Sequence[int] | torch.Tensor | None = None,
     model: nn.Module | None = None,
     dataset_fingerprint: str | None = None,
+    layout: str | Layout | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Check ``references`` (and ``neurons``) against the call that uses them.
 
@@ -147,6 +157,9 @@ def check_references(
         With ``dataset`` and ``layer``: check the layer's channel count.
     dataset_fingerprint : str or None
         The data set's fingerprint if the caller already has it.
+    layout : str, Layout or None
+        ``layer``'s layout for the channel count (:func:`puretools.layouts.layer_layout`);
+        None: found from the model.
 
     Returns
     -------
@@ -200,7 +213,7 @@ def check_references(
                 f"images (0..{n - 1}): were the references collected on another data set?"
             )
         if model is not None and layer is not None:
-            channels = _layer_channels(model, layer, dataset)
+            channels = _layer_channels(model, layer, dataset, layout)
             if channels is not None and channels != idx.shape[0]:
                 raise PuretoolsError(
                     f"The references have {idx.shape[0]} rows (channels) but layer {layer!r} of this model has "

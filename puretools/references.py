@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from . import cache, forward, ranks, reference_type
 from .checks import check_activations, check_called_once, check_images, resolve_device
 from .errors import PuretoolsError
+from .layouts import Layout, TokenReduce, check_token_reduce, layer_layout
 from .models import get_module
 from .reference_type import References
 
@@ -88,8 +89,14 @@ def collect_references(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     checkpoint_every: int = 50,
+    layout: str | Layout | None = None,
+    token_reduce: TokenReduce = "max",
 ) -> References:
     """Top ``n_ref`` samples of every channel of ``layer``, ranked by spatial max activation.
+
+    A neuron is a channel of a CNN layer, a feature (last axis) of a transformer's token layer
+    ``[B, T, C]``; the layout comes from :func:`puretools.layouts.layer_layout`. Its value for
+    an image is the max over all spatial positions or tokens (``token_reduce``).
 
     One streaming pass: each batch's per-channel maxima are merged into the running top
     ``n_ref`` with a stable sort, so memory is ``O(channels * (n_ref + batch_size))``
@@ -120,6 +127,15 @@ def collect_references(
         With a ``cache_dir``, save the running state every this many batches; re-running
         the same call after an interruption continues from there and gives the same
         result as an uninterrupted run. 0 disables checkpoints.
+    layout : str, Layout or None
+        Where the neurons sit in ``layer``'s output: ``"channels_first"`` ([B, C, H, W],
+        [B, C]), ``"channels_last"`` ([B, H, W, C]), ``"tokens"`` ([B, T, C]),
+        ``"sequence_first"`` ([T, B, C]) or a :class:`~puretools.layouts.Layout`. None: found
+        from the model (an error names this argument when the model does not settle it).
+    token_reduce : {"max", "mean", "cls"}
+        A neuron's value per image: the max over all positions or tokens (class and register
+        tokens included, as a CNN's spatial max covers every position), their mean, or the
+        class token's value (transformers).
 
     Returns
     -------
@@ -138,7 +154,8 @@ def collect_references(
     """
     split = ranks.split_step("references")  # under torchrun: one shard per rank, merged (puretools/distributed/)
     return (split or collect_in_process)(model, dataset, layer, n_ref, batch_size, device, num_workers, cache_dir,
-                                         progress, checkpoint_every)  # fmt: skip
+                                         progress, checkpoint_every, layout=layout,
+                                         token_reduce=token_reduce)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -157,10 +174,14 @@ class ReferencesPlan:
     hit: References | None  # the verified cached result (only when looked up)
 
 
-def references_key(model: nn.Module, hasher: cache.DatasetHasher, layer: str, n_ref: int) -> str:
+def references_key(model: nn.Module, hasher: cache.DatasetHasher, layer: str, n_ref: int,
+                   token_reduce: str = "max", layout: str | Layout | None = None) -> str:  # fmt: skip
     """The cache key of the references of ``model`` at ``layer`` on the data set of ``hasher``."""
+    # token_reduce and layout enter the key only when given, so the keys of earlier results stay valid
+    extra = {"token_reduce": token_reduce} if token_reduce != "max" else {}
+    extra.update({"layout": repr(layout)} if layout is not None else {})
     return cache.fingerprint(kind="references", model=cache.model_fingerprint(model), dataset=hasher.identity,
-                             layer=layer, n_ref=n_ref)  # fmt: skip
+                             layer=layer, n_ref=n_ref, **extra)  # fmt: skip
 
 
 def prepare_references(
@@ -172,9 +193,14 @@ def prepare_references(
     device: str | torch.device | None,
     cache_dir: str | os.PathLike | None,
     lookup: bool = True,
+    token_reduce: str = "max",
+    layout: str | Layout | None = None,
 ) -> ReferencesPlan:
     """The checks, the device, the cache key and (with ``lookup``) the verified cache hit."""
     n = check_dataset(dataset, n_ref)
+    check_token_reduce(token_reduce)
+    if layout is not None and not isinstance(layout, Layout):
+        Layout(layout)  # a clear error for an unknown kind, before any image is read
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise PuretoolsError(f"batch_size must be a positive integer, not {batch_size!r}.")
     device = resolve_device(device, model)
@@ -183,13 +209,14 @@ def prepare_references(
     hasher = cache.DatasetHasher(dataset)  # fed with every image as it streams by
     key = hit = None
     if cache_dir is not None and not cache.items_change(dataset):
-        key = references_key(model, hasher, layer, n_ref)
+        key = references_key(model, hasher, layer, n_ref, token_reduce, layout)
         entry = cache.load_entry(cache_dir, "references", key,
                                  expect={"indices": (None, n_ref), "values": (None, n_ref)}) if lookup else None
         if entry is not None:
             (tensors, info), fp = entry, hasher.hexdigest() if hasher.complete else cache.dataset_fingerprint(dataset)
             if info.get("dataset") == fp:  # else some image changed since: recompute, overwrite
-                hit = References(tensors["indices"], tensors["values"], layer, len(tensors["indices"]), fp)
+                hit = References(tensors["indices"], tensors["values"], layer, len(tensors["indices"]), fp,
+                                 token_reduce)  # fmt: skip
     return ReferencesPlan(n, model, device, hasher, key, hit)
 
 
@@ -214,10 +241,13 @@ def collect_in_process(
     progress: bool = True,
     checkpoint_every: int = 50,
     digests: list[bytes] | None = None,
+    layout: str | Layout | None = None,
+    token_reduce: str = "max",
 ) -> References:
     """:func:`collect_references` in this process; ``digests`` (if given) receives the item digests
     of the images it streams, in index order, when the data set is hashed item by item."""
-    plan = prepare_references(model, dataset, layer, n_ref, batch_size, device, cache_dir)
+    plan = prepare_references(model, dataset, layer, n_ref, batch_size, device, cache_dir,
+                              token_reduce=token_reduce, layout=layout)  # fmt: skip
     if plan.hit is not None:
         return plan.hit
     n, model, device, hasher, key = plan.n, plan.model, plan.device, plan.hasher, plan.key
@@ -257,10 +287,12 @@ def collect_in_process(
             if batch_number == 1:
                 check_called_once(model, layer, images[:1])
             out = forward.forward_to(model, layer, images)
-            check_activations(out, layer, start)
             if out.ndim < 2:
                 raise PuretoolsError(f"Layer {layer!r} output has shape {tuple(out.shape)}; expected [B, C, ...].")
-            batch_max = out.flatten(2).amax(-1) if out.ndim > 2 else out
+            if not isinstance(layout, Layout):
+                layout = layer_layout(model, layer, images[:2], layout)
+            check_activations(layout.to_channels(out), layer, start)
+            batch_max = layout.reduce(out, token_reduce)  # CNNs: out.flatten(2).amax(-1), [B, C]: out
             batch_max = batch_max.float().T  # [C, B]
             batch_idx = torch.arange(start, start + len(images), device=device).expand_as(batch_max)
             if values is None:
@@ -282,7 +314,7 @@ def collect_in_process(
                 checkpoint_every = checkpoint_every if saved is not None else 0  # warned once; go on
     bar.close()
     assert start == n and values is not None
-    result = References(indices.cpu(), values.cpu(), layer, int(values.shape[0]), hasher.hexdigest())
+    result = References(indices.cpu(), values.cpu(), layer, int(values.shape[0]), hasher.hexdigest(), token_reduce)
     if key is not None:
         saved = save_references(cache_dir, key, result, n)
         if saved is not None:

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from .. import cache
 from ..ranks import register_split
+from ..layouts import Layout
 from ..reference_type import References
 from ..references import collect_in_process, prepare_references, references_key, save_references
 from .group import _agree, _broadcast, _collective, _group, _remove_after_barrier, _run
@@ -88,6 +89,8 @@ def sharded_references(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     checkpoint_every: int = 50,
+    layout: str | Layout | None = None,
+    token_reduce: str = "max",
 ) -> References:
     """:func:`puretools.collect_references` with the same arguments, one shard of the data set per rank.
 
@@ -101,7 +104,7 @@ def sharded_references(
     me, world = dist.get_rank(), dist.get_world_size()
 
     plan, error = _run(prepare_references, model, dataset, layer, n_ref, batch_size, device, cache_dir,
-                       lookup=me == 0)
+                       lookup=me == 0, token_reduce=token_reduce, layout=layout)  # fmt: skip
     _agree(error, what="checking the arguments")
     hit = _broadcast(plan.hit, "sharing the cached result") if cache_dir is not None else None
     if hit is not None:
@@ -117,7 +120,8 @@ def sharded_references(
         if stop == start:
             return None
         refs = collect_in_process(model, shard, layer, local_n_ref, batch_size, device, num_workers, cache_dir,
-                                  progress and me == 0, checkpoint_every, digests=digests)  # fmt: skip
+                                  progress and me == 0, checkpoint_every, digests=digests, layout=layout,
+                                  token_reduce=token_reduce)  # fmt: skip
         if not hasher.complete and len(digests) < stop - start:  # resumed or cached shard: read the rest
             missing = range(start, stop - len(digests))
             digests[:0] = [cache.item_digest(cache.item_image(dataset[i], i)) for i in missing]
@@ -138,13 +142,13 @@ def sharded_references(
     _collective("gathering the shards' references", dist.all_gather, all_values, values, group=_group())
     _collective("gathering the shards' references", dist.all_gather, all_indices, indices, group=_group())
     values, indices = merge_top(torch.cat(all_values, 1), torch.cat(all_indices, 1), n_ref)
-    result = References(indices, values, layer, channels, hasher.hexdigest())
+    result = References(indices, values, layer, channels, hasher.hexdigest(), token_reduce)
 
     if plan.key is not None:
         _, error = _run(lambda: me == 0 and save_references(cache_dir, plan.key, result, n))  # one process's file
         _agree(error, what="writing the cache")
         # the shard's own result (kept by the engine until now, so a killed run resumes quickly)
-        shard_key = references_key(plan.model, cache.DatasetHasher(shard), layer, local_n_ref)
+        shard_key = references_key(plan.model, cache.DatasetHasher(shard), layer, local_n_ref, token_reduce, layout)
         _remove_after_barrier(cache_dir, [("references", shard_key)] if stop > start else [])
     return result
 
