@@ -16,6 +16,7 @@ from zennit.layer import Sum
 from zennit.torchvision import ResNetCanonizer
 
 from .checks import resolve_device
+from .cnn_lrp import is_modern_cnn, modern_cnn_blocks, modern_cnn_composite
 from .errors import PuretoolsError, WeightsNotFoundError
 from .hub import hf_cache_dir, hf_cached_files, hf_endpoint, load_pretrained, torch_hub_file
 from .transformer_lrp import (
@@ -346,6 +347,8 @@ def canonizers_for(model: nn.Module) -> list[Canonizer]:
     """
     if is_transformer(model):
         return [TransformerCanonizer()]
+    if is_modern_cnn(model):
+        return list(modern_cnn_composite().canonizers)
     if _is_timm(model):
         return [SequentialMergeBatchNorm(), TimmResNetCanonizer()]
     from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -377,7 +380,7 @@ def _residual_blocks(model: nn.Module) -> list[nn.Module]:
     from torchvision.models.resnet import BasicBlock, Bottleneck
 
     classes = (BasicBlock, Bottleneck) + tuple(_timm_blocks())
-    return [m for m in model.modules() if isinstance(m, classes)] + transformer_blocks(model)
+    return [m for m in model.modules() if isinstance(m, classes)] + transformer_blocks(model) + modern_cnn_blocks(model)
 
 
 def canonizer_report(model: nn.Module, canonizers: list[Canonizer] | None = None) -> CanonizerReport:
@@ -423,13 +426,19 @@ def lrp_composite(model: nn.Module) -> EpsilonPlusFlat | CPLRPComposite:
     >>> type(composite).__name__
     'EpsilonPlusFlat'
     """
-    composite = CPLRPComposite() if is_transformer(model) else EpsilonPlusFlat(canonizers=canonizers_for(model))
+    if is_transformer(model):
+        composite = CPLRPComposite()
+    elif is_modern_cnn(model):  # ConvNeXt, EfficientNet, MobileNet
+        composite = modern_cnn_composite()
+    else:
+        composite = EpsilonPlusFlat(canonizers=canonizers_for(model))
     problems = lrp_coverage(model, composite)
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise PuretoolsError(
             f"LRP on this {type(model).__name__} would not conserve relevance: no rule or canonizer covers {shown}. "
-            "puretools has LRP rules for ResNets (torchvision, timm) and vision transformers (timm, torchvision, "
-            "open_clip); use method='gradient' for this model, or write a canonizer for these parts."
+            "puretools has LRP rules for ResNets (torchvision, timm), ConvNeXt (timm), EfficientNet and MobileNetV2 "
+            "(torchvision) and vision transformers (timm, torchvision, open_clip); use method='gradient' for this "
+            "model, or write a canonizer for these parts."
         )
     return composite

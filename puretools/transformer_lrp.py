@@ -207,13 +207,13 @@ def _timm_attention_forward(self, x, attn_mask=None, is_causal=False):
 
     B, N, _ = x.shape
     H, D = self.num_heads, self.head_dim
-    with torch.no_grad():
-        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4)
+    with torch.no_grad():  # on a detached x, so that zennit's hooks (q_norm, gate) stay out of it
+        qkv = F.linear(x.detach(), self.qkv.weight, self.qkv.bias).reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(qkv[0]), self.k_norm(qkv[1])
         attn = (q * self.scale) @ k.transpose(-2, -1)
         attn = maybe_add_mask(attn, resolve_self_attn_mask(N, attn, attn_mask, is_causal))
         attn = attn.softmax(dim=-1)
-        gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None
+        gate = self.gate(x.detach()).sigmoid() if getattr(self, "gate", None) is not None else None
     dim = self.attn_dim
     w_v = self.qkv.weight[2 * dim : 3 * dim]
     b_v = self.qkv.bias[2 * dim : 3 * dim] if self.qkv.bias is not None else None

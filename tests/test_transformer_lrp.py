@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from zennit.composites import LayerMapComposite
 
 from puretools import PuretoolsError, canonizer_report, lrp_composite
 from puretools.transformer_lrp import CPLRPComposite, lrp_block, lrp_coverage, lrp_sum
@@ -193,17 +194,80 @@ def test_lrp_block_is_the_epsilon_rule_of_an_affine_map():
     torch.testing.assert_close(ra + rb, torch.ones(5, dtype=torch.float64))
 
 
-def test_uncovered_modern_cnns_are_refused_with_the_modules_named():
+def _cnn_zero_bias(model: nn.Module) -> nn.Module:
+    """Zero biases and BatchNorm means; BatchNorm variances from the data (mean 0, so the merged
+    biases stay 0): with random weights the activations would otherwise shrink to 1e-14 and the
+    stabilisers, not the rules, would decide."""
+    model = _zero_biases(model).double().eval()
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in norms:
+        bn.running_mean.zero_()
+    hooks = [bn.register_forward_pre_hook(lambda bn, i: (bn.running_var.copy_(i[0].pow(2).mean((0, 2, 3))), None)[1])
+             for bn in norms]  # fmt: skip
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64, dtype=torch.float64))
+    for hook in hooks:
+        hook.remove()
+    return model
+
+
+def _cnn_ratio(model: nn.Module, part: nn.Module, composite) -> float:
+    """sum of the input relevance / sum of the starting relevance relu(output of ``part``)."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64, requires_grad=True)
+    with composite.context(model):
+        y = part(x)
+        start = y.detach().clamp(min=0)
+        (relevance,) = torch.autograd.grad(y, x, start)
+    assert _hooks_and_forwards(model) == []
+    return float(relevance.sum() / start.sum())
+
+
+def test_convnext_and_efficientnet_lrp_conserve_with_zero_biases():
     import timm
     import torchvision
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.rules import Epsilon, Norm, Pass
+    from zennit.types import Activation, AvgPool, Convolution
 
-    with pytest.raises(PuretoolsError, match=r"stages\.0\.blocks\.0.*ConvNeXtBlock.*residual add") as err:
-        lrp_composite(timm.create_model("convnext_atto", pretrained=False))
-    assert "LayerNorm2d" in str(err.value) and "method='gradient'" in str(err.value)
-    with pytest.raises(PuretoolsError, match=r"MBConv.*residual add|SqueezeExcitation"):
-        lrp_composite(torchvision.models.efficientnet_b0())
-    with pytest.raises(PuretoolsError, match=r"features\.3.*InvertedResidual"):
-        lrp_composite(torchvision.models.mobilenet_v2())
+    from puretools.cnn_lrp import ModernCNNCanonizer
+    from puretools.transformer_lrp import TransformerCanonizer
+
+    torch.manual_seed(0)
+    convnext = _cnn_zero_bias(timm.create_model("convnext_atto", pretrained=False))
+    assert abs(_cnn_ratio(convnext, convnext, lrp_composite(convnext)) - 1) <= 1e-3
+    assert canonizer_report(convnext).complete
+    for build in (torchvision.models.efficientnet_b0, torchvision.models.mobilenet_v2):
+        model = _cnn_zero_bias(build())
+        lrp_composite(model)  # covered: no refusal
+        # the canonizers conserve: with the epsilon rule on every layer nothing is lost
+        # (the default z+ rule drops outputs without positive input, often in depthwise convs)
+        composite = LayerMapComposite(
+            [(Activation, Pass()), (AvgPool, Norm()), (Convolution, Epsilon(1e-9)), (nn.Linear, Epsilon(1e-9))],
+            canonizers=[SequentialMergeBatchNorm(), ModernCNNCanonizer(), TransformerCanonizer()],
+        )
+        assert abs(_cnn_ratio(model, model.features, composite) - 1) <= 1e-3
+        # and without the canonizers relevance is not conserved: the check can fail
+        plain = LayerMapComposite(composite.layer_map, canonizers=[SequentialMergeBatchNorm()])
+        assert abs(_cnn_ratio(model, model.features, plain) - 1) > 1e-2
+
+
+def test_uncovered_cnns_are_refused_with_the_modules_named():
+    import timm
+
+    with pytest.raises(PuretoolsError, match=r"module .blocks\.0\.0\.se. \(SqueezeExcite\)"):
+        lrp_composite(timm.create_model("efficientnet_b0", pretrained=False))  # timm's blocks: no canonizer
+    with pytest.raises(PuretoolsError, match=r"'1' \(_Residual\): adds two activations"):
+        lrp_composite(nn.Sequential(nn.Conv2d(3, 4, 1), _Residual()))
+
+
+class _Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        return x + self.conv(x)
 
 
 def test_uncovered_layer_norm_and_residual_in_a_small_model_are_named():
@@ -227,8 +291,8 @@ def test_canonizer_report_is_never_complete_on_zero_blocks():
 
     report = canonizer_report(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()))
     assert (report.residual_blocks, report.complete) == (0, False)
-    report = canonizer_report(timm.create_model("convnext_atto", pretrained=False))
-    assert not report.complete
+    report = canonizer_report(timm.create_model("efficientnet_b0", pretrained=False))  # timm's: not recognised
+    assert (report.residual_blocks, report.complete) == (0, False)
     report = canonizer_report(_timm_vit())
     assert (report.residual_blocks, report.canonized_blocks, report.complete) == (2, 2, True)
 
