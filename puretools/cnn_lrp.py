@@ -95,8 +95,8 @@ class ModernCNNCanonizer(AttributeCanonizer):
     >>> import torchvision
     >>> model = torchvision.models.mobilenet_v2()
     >>> handles = ModernCNNCanonizer().apply(model)
-    >>> len(handles), "forward" in vars(model.features[3])
-    (10, True)
+    >>> "forward" in vars(model.features[3])  # a residual InvertedResidual block
+    True
     >>> for handle in handles:
     ...     handle.remove()
     >>> "forward" in vars(model.features[3])
