@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -433,6 +434,14 @@ def lrp_composite(model: nn.Module) -> EpsilonPlusFlat | CPLRPComposite:
     else:
         composite = EpsilonPlusFlat(canonizers=canonizers_for(model))
     problems = lrp_coverage(model, composite)
+    if problems and problems[0].startswith("<untraceable"):  # cannot check: say so, do not block
+        warnings.warn(
+            f"Could not check that LRP conserves relevance in this {type(model).__name__}: torch.fx cannot "
+            f"trace it ({problems[0][1:-1]}). Residual adds or normalisation layers without a rule would go "
+            "unnoticed; compare with method='gradient'.",
+            stacklevel=2,
+        )
+        return composite
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise PuretoolsError(
