@@ -224,7 +224,7 @@ def _attribute(args) -> None:
 def _toy_train(args) -> None:
     from . import toyworld
 
-    kwargs = {"seed": args.seed, "overwrite": args.force}
+    kwargs = {"seed": args.seed, "overwrite": args.force, "arch": args.arch}
     if args.epochs is not None:
         kwargs["epochs"] = args.epochs
     if args.out is not None:
@@ -286,8 +286,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("toy", help="the toy world")
     toy = p.add_subparsers(dest="toy_command", required=True)
     t = toy.add_parser("train", help="train a toy model (never overwrites a checkpoint unless --force)")
-    t.add_argument("--epochs", type=int, default=None, help="passes over the train split (default 10)")
+    t.add_argument("--epochs", type=int, default=None,
+                   help="passes over the train split (default 10; --arch vit: 12)")
     t.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling (default 0)")
+    t.add_argument("--arch", choices=("resnet", "vit"), default="resnet",
+                   help="the toy ResNet (default; model.safetensors, record.json) or the toy ViT "
+                        "(vit.safetensors, vit_record.json)")
     t.add_argument("--out", default=None,
                    help="output folder for model.safetensors and record.json (default: data/toyworld, "
                         "which already holds the shipped checkpoint: use e.g. --out /tmp/toy-seed1)")

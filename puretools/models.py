@@ -46,7 +46,8 @@ def load_model(
     Parameters
     ----------
     name : str
-        ``"toy"`` (the toy-world ResNet shipped in ``data/toyworld``), a torchvision
+        ``"toy"`` (the toy-world ResNet shipped in ``data/toyworld``), ``"toy-vit"`` (the
+        toy-world ViT shipped beside it), a torchvision
         ResNet (``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"resnet101"``) or a timm
         model prefixed with ``"timm/"`` (``"timm/resnet50.a1_in1k"``, the paper's weights).
     weights : str, path or None
@@ -80,13 +81,18 @@ def load_model(
 
         path = None if weights in ("default", None) else weights
         model = toyworld.load_toy_model(path)
+    elif name == "toy-vit":  # the toy world's ViT (timm VisionTransformer), data/toyworld/vit.safetensors
+        from . import toyworld
+
+        path = None if weights in ("default", None) else weights
+        model = toyworld.load_toy_vit(path)
     elif name in TORCHVISION_RESNETS:
         model = _load_torchvision(name, weights)
     elif name.startswith("timm/"):
         model = _load_timm(name[len("timm/") :], weights)
     else:
         raise PuretoolsError(
-            f"Unknown model name {name!r}. Use 'toy', one of {list(TORCHVISION_RESNETS)}, "
+            f"Unknown model name {name!r}. Use 'toy', 'toy-vit', one of {list(TORCHVISION_RESNETS)}, "
             "or a timm name prefixed with 'timm/' such as 'timm/resnet50.a1_in1k'."
         )
     return model.eval().to(device)
