@@ -402,7 +402,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict | None:
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pt.references.resolve_device(args.device)
+    device = pt.checks.resolve_device(args.device)
     if device.type == "cuda" and args.precision != "tf32":
         # "fp32" means fp32: PyTorch lets cuDNN use TF32 by default, which costs ~1e-3 accuracy.
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False

@@ -72,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict | None:
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pt.references.resolve_device(args.device)
+    device = pt.checks.resolve_device(args.device)
     info = machine_info(device)
     print(f"== toy-world pipeline benchmark ({device}) ==")
     print_machine(info)

@@ -74,7 +74,7 @@ from bench_circuits import (  # noqa: E402
 
 import puretools as pt  # noqa: E402
 from puretools.data import image_folder  # noqa: E402
-from puretools.references import collate_images, layer_output  # noqa: E402
+from puretools.forward import collate_images, layer_output  # noqa: E402
 
 JPEG_SIZE = 256
 
@@ -295,7 +295,7 @@ def precision_context(precision: str, device: torch.device):
 def run(args: argparse.Namespace) -> dict | None:
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pt.references.resolve_device(args.device)
+    device = pt.checks.resolve_device(args.device)
     if device.type == "cuda":
         on = args.precision == "tf32"
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = on

@@ -17,6 +17,7 @@ from .evaluate import (
     evaluate_clusterings,
     evaluate_toy_world,
 )
+from .forward import layer_output
 from .labels import clip_text_labels, concept_labels
 from .layouts import Layout, layer_layout, prefix_tokens, token_grid
 from .models import (
@@ -47,7 +48,8 @@ from .plots import (
     virtual_neuron_grids,
 )
 from .polysemanticity import polysemanticity_scores, rank_polysemantic
-from .references import References, check_references, collect_references
+from .reference_type import References, check_references
+from .references import collect_references
 from .routing import route_images, virtual_activations, virtual_heatmaps
 from .sae import sae_split, train_layer_sae
 from .virtual import VirtualNeurons, activation_features
@@ -87,6 +89,7 @@ __all__ = [
     "get_module",
     "layer_layout",
     "layer_names",
+    "layer_output",
     "load_model",
     "lrp_composite",
     "masked_patch",

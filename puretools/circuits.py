@@ -17,8 +17,9 @@ from tqdm.auto import tqdm
 from . import cache, distributed
 from .checks import check_activations, check_images, resolve_device
 from .errors import PuretoolsError
+from .forward import collate_images, forward_to, prepare_model
 from .models import lrp_composite
-from .references import References, check_references, collate_images, forward_to, prepare_model
+from .reference_type import References, check_references
 from .subnet import Precision, _precision_context, memory_plan, subnetwork, tf32_matmuls
 
 # memory_plan, subnetwork and tf32_matmuls live in .subnet (the part of the model between the layers)

@@ -37,7 +37,8 @@ from . import toyworld
 from .circuits import circuit_attributions
 from .models import get_module
 from .planted import class_activation_units, plant_neurons, planted_sources
-from .references import References, collect_references
+from .reference_type import References
+from .references import collect_references
 from .sae import LayerSAE, activations_at_max, sae_split, train_layer_sae
 from .virtual import VirtualNeurons, activation_features
 

@@ -8,10 +8,11 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from .checks import resolve_device
 from .circuits import normalize_circuits, subnetwork
 from .errors import PuretoolsError
+from .forward import prepare_model
 from .models import get_module, lrp_composite
-from .references import prepare_model, resolve_device
 from .routing import Method, _check_fitted, _check_method
 from .virtual import VirtualNeurons
 

@@ -15,9 +15,9 @@ from torch.utils.data import Dataset
 from .checks import resolve_device
 from .data import denormalize as imagenet_denormalize
 from .errors import PuretoolsError, WeightsNotFoundError
+from .forward import collate_images
 from .hub import hf_cache_dir, hf_cached_files, hf_endpoint, load_pretrained
 from .models import check_timm_name, timm_pretrained
-from .references import collate_images
 
 __all__ = [
     "ClipEmbedder",

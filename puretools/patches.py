@@ -17,8 +17,9 @@ from . import cache
 from .checks import check_activations, check_called_once, check_images, resolve_device
 from .data import denormalize as imagenet_denormalize
 from .errors import PuretoolsError
+from .forward import collate_images, forward_to, prepare_model
 from .models import get_module, lrp_composite
-from .references import References, check_references, collate_images, forward_to, prepare_model
+from .reference_type import References, check_references
 
 __all__ = [
     "CROP_THRESHOLD",

@@ -18,9 +18,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .checks import resolve_device
 from .errors import PuretoolsError
+from .forward import collate_images, layer_output, prepare_model
 from .models import get_module
-from .references import References, collate_images, layer_output, prepare_model, resolve_device
+from .reference_type import References
 
 __all__ = ["PlantedLayer", "PlantedNeurons", "class_activation_units", "plant_neurons", "planted_sources"]
 

@@ -17,17 +17,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from .checks import check_images, resolve_device
 from .circuits import circuit_attributions
 from .errors import PuretoolsError
+from .forward import capture_output, collate_images, forward_to, prepare_model
 from .models import get_module, lrp_composite
-from .references import (
-    _capture,
-    check_images,
-    collate_images,
-    forward_to,
-    prepare_model,
-    resolve_device,
-)
 from .virtual import VirtualNeurons
 
 __all__ = [
@@ -305,7 +299,7 @@ def conditional_heatmaps(
     m = len(x)
     per_pass = max(1, batch_size // max(m, 1))  # conditions per pass: images x conditions rows
     composite = lrp_composite(model) if method == "lrp" else None
-    store, handle = _capture(get_module(model, lower_layer), stop=False)
+    store, handle = capture_output(get_module(model, lower_layer), stop=False)
     heats = []
     try:
         with composite.context(model) if composite else contextlib.nullcontext(), torch.enable_grad():

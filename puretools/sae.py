@@ -15,15 +15,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .checks import resolve_device
 from .errors import PuretoolsError
-from .references import (
-    References,
-    check_references,
-    collate_images,
-    layer_output,
-    prepare_model,
-    resolve_device,
-)
+from .forward import collate_images, layer_output, prepare_model
+from .reference_type import References, check_references
 
 __all__ = ["LayerSAE", "activations_at_max", "sae_contributions", "sae_split", "train_layer_sae"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Literal
 
 import torch
@@ -10,8 +11,8 @@ from torch import fx, nn
 
 from .checks import check_images, resolve_device
 from .errors import PuretoolsError
+from .forward import forward_to
 from .models import get_module
-from .references import forward_to
 
 __all__ = ["memory_plan", "subnetwork", "tf32_matmuls"]
 
@@ -32,18 +33,43 @@ class _LeafTracer(fx.Tracer):
         return not (qualname == "" or any(t.startswith(qualname + ".") for t in self.targets))
 
 
-def subnetwork(model: nn.Module, lower_layer: str, layer: str) -> fx.GraphModule:
+def _optional_arguments(model: nn.Module) -> dict[str, object]:
+    """The arguments of ``model.forward`` that have a default: never part of the model's input."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    return {
+        p.name: p.default
+        for p in parameters[1:]
+        if p.default is not inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+
+
+def subnetwork(model: nn.Module, lower_layer: str, layer: str, cut: str | None = None) -> fx.GraphModule:
     """The part of ``model`` that maps the output of ``lower_layer`` to the output of ``layer``.
 
     Built by tracing the model with torch.fx and keeping only the nodes between the two
-    layers. The returned module shares its parameters (and hooks) with ``model``.
+    layers. The returned module shares its parameters (and hooks) with ``model``. Optional
+    arguments of ``model.forward`` (timm's ``attn_mask=None``) are fixed at their defaults and
+    never count as the model's input.
+
+    With ``cut``: the part that maps the output of the layer ``cut`` to the output of ``layer``,
+    returning ``(layer output, lower_layer output)``, for a ``lower_layer`` that lies between
+    them but that ``layer`` also reaches around (inside a residual block, e.g.
+    ``lower_layer='blocks.4.mlp.act'`` for ``layer='blocks.5.mlp.act'`` with
+    ``cut='blocks.3'``). A backward pass from ``layer`` to ``cut`` is then exact, and the
+    relevance passing ``lower_layer`` can be read on the way (as zennit-crp does).
 
     Raises
     ------
     PuretoolsError
         If ``layer`` does not depend on ``lower_layer``, or also depends on the input through
         a path that skips ``lower_layer`` (then a circuit from ``lower_layer`` alone is not
-        defined), or the model cannot be traced.
+        defined; the message names a ``cut`` that works), or the model cannot be traced; with
+        ``cut``, if ``layer`` depends on the input around ``cut`` or ``lower_layer`` does not lie
+        between them.
 
     Examples
     --------
@@ -55,22 +81,36 @@ def subnetwork(model: nn.Module, lower_layer: str, layer: str) -> fx.GraphModule
     """
     get_module(model, layer)
     get_module(model, lower_layer)
+    if cut is not None:
+        get_module(model, cut)
     if layer == lower_layer:
         raise PuretoolsError(f"layer and lower_layer are both {layer!r}; lower_layer must be a layer below layer.")
+    if cut in (layer, lower_layer):
+        raise PuretoolsError(f"cut={cut!r} must be a layer below lower_layer={lower_layer!r}, not one of the two layers.")
+    names = (layer, lower_layer) if cut is None else (layer, lower_layer, cut)
+    optional = _optional_arguments(model)
     try:
-        graph = _LeafTracer((layer, lower_layer)).trace(model)
+        try:  # optional arguments (timm's attn_mask=None, is_causal=False) fixed at their defaults
+            graph = _LeafTracer(names).trace(model, concrete_args=optional or None)
+        except Exception:
+            if not optional:
+                raise
+            graph = _LeafTracer(names).trace(model)
     except Exception as err:
         raise PuretoolsError(
             f"Could not trace the model with torch.fx to cut out the part between {lower_layer!r} "
             f"and {layer!r} ({type(err).__name__}: {err}). Data-dependent control flow in "
             "forward() prevents tracing; wrap that code in a module."
         ) from err
-    nodes = {n.target: n for n in graph.nodes if n.op == "call_module"}
-    calls = [n for n in graph.nodes if n.op == "call_module" and n.target in (layer, lower_layer)]
-    for name in (layer, lower_layer):
+    # Only arguments without a default are the model's input; an optional argument that is
+    # still in the graph (tracing with it fixed failed) is its default in the subnetwork.
+    defaults = {n: optional[n.target] for n in graph.nodes if n.op == "placeholder" and n.target in optional}
+    calls = [n for n in graph.nodes if n.op == "call_module" and n.target in names]
+    for name in names:
         count = sum(1 for n in calls if n.target == name)
         if count != 1:
             raise PuretoolsError(f"Layer {name!r} is called {count} times in forward(); it must be called exactly once.")
+    nodes = {n.target: n for n in calls}
     top, low = nodes[layer], nodes[lower_layer]
     position = {n: i for i, n in enumerate(graph.nodes)}
     if position[low] > position[top]:
@@ -78,41 +118,80 @@ def subnetwork(model: nn.Module, lower_layer: str, layer: str) -> fx.GraphModule
             f"{lower_layer!r} runs after {layer!r} in the forward pass: lower_layer must be a "
             f"layer below layer (e.g. layer='layer4', lower_layer='layer3')."
         )
+    bottom = low if cut is None else nodes[cut]
+    needed, reached, skips = _between(top, bottom, defaults)
+    if cut is not None:
+        if skips or not reached:
+            raise PuretoolsError(
+                f"cut={cut!r} is not a cut below {layer!r}: the output of {layer!r} "
+                + ("also depends on the model input around it." if skips else f"does not depend on {cut!r}.")
+                + " Pick the layer whose output is the only input of the part holding both layers "
+                "(for ViTs the residual stream before lower_layer's block, e.g. cut='blocks.3' for "
+                "lower_layer='blocks.4.mlp.act')."
+            )
+        if low not in needed:
+            raise PuretoolsError(
+                f"lower_layer={lower_layer!r} does not lie between cut={cut!r} and layer={layer!r}: pick a "
+                "cut below lower_layer that all of layer's input passes through."
+            )
+    elif skips:
+        found = _find_cut(graph, top, low, position, defaults)
+        hint = f" Or read the relevance at {lower_layer!r} on the way to a cut below it: cut={found!r}." if found else ""
+        raise PuretoolsError(
+            f"The output of {layer!r} also depends on the model input through a path that "
+            f"skips {lower_layer!r}, so a circuit from {lower_layer!r} alone is not defined. "
+            f"Pick as lower_layer the layer directly feeding {layer!r} (for ResNets: "
+            "layer='layer4', lower_layer='layer3'; for vision transformers the residual stream "
+            "after the previous block: layer='blocks.5.mlp.act', lower_layer='blocks.4')." + hint
+        )
+    elif not reached:
+        raise PuretoolsError(
+            f"The output of {layer!r} does not depend on {lower_layer!r}: lower_layer must be a "
+            f"layer below layer (e.g. layer='layer4', lower_layer='layer3')."
+        )
+    sub = fx.Graph()
+    # A copy of the input, so that an in-place op right after the input layer (torchvision's
+    # ReLU(inplace=True)) modifies the copy, not the leaf tensor autograd differentiates by.
+    env: dict[fx.Node, object] = {bottom: sub.call_function(torch.clone, (sub.placeholder("lower"),))}
+    env.update(defaults)
+    for node in graph.nodes:
+        if node in needed:
+            env[node] = sub.node_copy(node, lambda n: env[n])
+    sub.output(env[top] if cut is None else (env[top], env[low]))
+    return fx.GraphModule(model, sub, class_name="Subnetwork")
 
+
+def _between(top: fx.Node, bottom: fx.Node, defaults: dict) -> tuple[set[fx.Node], bool, bool]:
+    """The nodes ``top`` needs above ``bottom``; whether it reaches ``bottom``; whether it reaches the input."""
     needed: set[fx.Node] = set()
     stack = [top]
-    reached_lower = False
+    reached = skips = False
     while stack:
         node = stack.pop()
         if node in needed:
             continue
         needed.add(node)
         for parent in node.all_input_nodes:
-            if parent is low:
-                reached_lower = True
+            if parent is bottom:
+                reached = True
+            elif parent in defaults:
+                continue
             elif parent.op == "placeholder":
-                raise PuretoolsError(
-                    f"The output of {layer!r} also depends on the model input through a path that "
-                    f"skips {lower_layer!r}, so a circuit from {lower_layer!r} alone is not defined. "
-                    f"Pick as lower_layer the layer directly feeding {layer!r} (for ResNets: "
-                    "layer='layer4', lower_layer='layer3')."
-                )
+                skips = True
             else:
                 stack.append(parent)
-    if not reached_lower:
-        raise PuretoolsError(
-            f"The output of {layer!r} does not depend on {lower_layer!r}: lower_layer must be a "
-            f"layer below layer (e.g. layer='layer4', lower_layer='layer3')."
-        )
-    sub = fx.Graph()
-    # A copy of the input, so that an in-place op right after ``lower_layer`` (torchvision's
-    # ReLU(inplace=True)) modifies the copy, not the leaf tensor autograd differentiates by.
-    env = {low: sub.call_function(torch.clone, (sub.placeholder("lower"),))}
-    for node in graph.nodes:
-        if node in needed:
-            env[node] = sub.node_copy(node, lambda n: env[n])
-    sub.output(env[top])
-    return fx.GraphModule(model, sub, class_name="Subnetwork")
+    return needed, reached, skips
+
+
+def _find_cut(graph: fx.Graph, top: fx.Node, low: fx.Node, position: dict, defaults: dict) -> str | None:
+    """The nearest module below ``low`` whose output is all that ``top`` depends on (None: none)."""
+    for node in sorted(position, key=position.get, reverse=True):
+        if node.op != "call_module" or position[node] >= position[low]:
+            continue
+        needed, reached, skips = _between(top, node, defaults)
+        if reached and not skips and low in needed:
+            return str(node.target)
+    return None
 
 
 def _precision_context(precision: str, device: torch.device):

@@ -12,17 +12,10 @@ from sklearn.metrics import silhouette_score
 from torch import nn
 from torch.utils.data import Dataset
 
-from .checks import check_activations, check_called_once
+from .checks import check_activations, check_called_once, check_images, resolve_device
 from .errors import PuretoolsError
-from .references import (
-    References,
-    check_images,
-    check_references,
-    collate_images,
-    layer_output,
-    prepare_model,
-    resolve_device,
-)
+from .forward import collate_images, layer_output, prepare_model
+from .reference_type import References, check_references
 
 __all__ = ["VirtualNeurons", "activation_features", "kmeans_labels"]
 

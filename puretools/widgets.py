@@ -17,9 +17,10 @@ from tqdm.auto import tqdm
 from .circuits import circuit_attributions
 from .errors import PuretoolsError
 from .evaluate import cluster_distances
+from .forward import collate_images
 from .patches import patches_from_heatmaps, reference_heatmaps
 from .polysemanticity import polysemanticity_scores
-from .references import References, collate_images
+from .reference_type import References
 from .routing import conditional_heatmaps, partition_conditions
 from .virtual import activation_features, kmeans_labels
 

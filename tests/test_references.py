@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 import puretools as pt
-from puretools.references import layer_output
+from puretools.forward import layer_output
 
 
 def brute_force(model, dataset, layer, n_ref):
@@ -146,7 +146,7 @@ def test_items_that_are_not_tensors(vgg):
 
 # --------------------------------------------------------------------------- issue 11: references checked
 
-from puretools.references import References, check_neurons, check_references  # noqa: E402
+from puretools.reference_type import References, check_neurons, check_references  # noqa: E402
 
 
 def _circuits(model, data, refs, **kw):
@@ -232,3 +232,28 @@ def test_hand_made_references_without_layer_information_still_work(vgg, small_im
     idx, neurons = check_references(old, small_images, "features.9", [1], vgg)
     assert torch.equal(idx, refs.indices) and neurons.tolist() == [1]
     torch.testing.assert_close(_circuits(vgg, small_images, old, neurons=[1]), _circuits(vgg, small_images, refs, neurons=[1]))
+
+
+@pytest.mark.parametrize(
+    ("old", "module", "new"),
+    [
+        ("layer_output", "puretools.forward", "layer_output"),
+        ("prepare_model", "puretools.forward", "prepare_model"),
+        ("forward_to", "puretools.forward", "forward_to"),
+        ("collate_images", "puretools.forward", "collate_images"),
+        ("_capture", "puretools.forward", "capture_output"),
+        ("check_references", "puretools.reference_type", "check_references"),
+        ("check_neurons", "puretools.reference_type", "check_neurons"),
+    ],
+)
+def test_names_moved_out_of_references_still_import_with_a_warning(old, module, new):
+    """references.py was split (issue 21): the old names work for one release and say where they went."""
+    import importlib
+
+    import puretools.references as old_home
+
+    with pytest.warns(DeprecationWarning, match=f"{module}.{new}"):
+        found = getattr(old_home, old)
+    assert found is getattr(importlib.import_module(module), new)
+    with pytest.raises(AttributeError):
+        old_home.no_such_name  # noqa: B018

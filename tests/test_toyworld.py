@@ -336,7 +336,7 @@ def shipped_references(toy_model):
 
 
 def spatial_max(model, layer, images):
-    from puretools.references import layer_output
+    from puretools.forward import layer_output
 
     with torch.no_grad():
         return layer_output(model, layer, images).flatten(2).amax(-1)

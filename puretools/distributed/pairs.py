@@ -80,7 +80,7 @@ def plan_split(
     {'units': [2, 2, 1, 1], 'loads': [3, 3], 'ideal_speedup': 2.0}
     """
     from ..circuits import _pairs
-    from ..references import check_references
+    from ..reference_type import check_references
 
     counts = _pairs(*check_references(references, neurons=neurons)).counts
     pairs = [int(counts[p].sum()) for _, p in _units(counts, batch_size, image_chunk)]

@@ -82,14 +82,16 @@ def sharded_references(engine: Callable, args: dict[str, Any]):
     every rank returns the same :class:`~puretools.References` as one process, with the
     fingerprint of the whole data set.
     """
-    from ..references import References, _prepare_references, _references_key, _save_references
+    from ..reference_type import References
+    from ..references import _prepare_references, _references_key, _save_references
 
     dataset, layer, n_ref = args["dataset"], args["layer"], args["n_ref"]
     batch_size, cache_dir = args["batch_size"], args["cache_dir"]
     me, world = dist.get_rank(), dist.get_world_size()
 
     plan, error = _run(_prepare_references, args["model"], dataset, layer, n_ref, batch_size, args["device"],
-                       cache_dir, lookup=me == 0)  # fmt: skip
+                       cache_dir, lookup=me == 0, token_reduce=args.get("token_reduce", "max"),
+                       layout=args.get("layout"))  # fmt: skip
     _agree(error, what="checking the arguments")
     hit = _broadcast(plan.hit, "sharing the cached result") if cache_dir is not None else None
     if hit is not None:
@@ -126,7 +128,7 @@ def sharded_references(engine: Callable, args: dict[str, Any]):
     _collective("gathering the shards' references", dist.all_gather, all_values, values, group=_group())
     _collective("gathering the shards' references", dist.all_gather, all_indices, indices, group=_group())
     values, indices = merge_top(torch.cat(all_values, 1), torch.cat(all_indices, 1), n_ref)
-    result = References(indices, values, layer, channels, hasher.hexdigest())
+    result = References(indices, values, layer, channels, hasher.hexdigest(), args.get("token_reduce", "max"))
 
     if plan.key is not None:
         _, error = _run(lambda: me == 0 and _save_references(cache_dir, plan.key, result, n))  # one process's file

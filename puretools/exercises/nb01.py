@@ -2,7 +2,7 @@
 
 Each check computes the expected answer on its own, by a route other than the one the
 notebook shows (numpy counts instead of :func:`~puretools.toyworld.concept_mix`, a forward
-hook on the full model instead of :func:`~puretools.references.layer_output`), and hands it to
+hook on the full model instead of :func:`~puretools.forward.layer_output`), and hands it to
 :func:`puretools.exercises.report`, which never prints it.
 """
 

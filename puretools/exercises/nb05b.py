@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..references import References
+from ..reference_type import References
 from ..toyworld import ToyWorld, causal_effects
 from . import report
 

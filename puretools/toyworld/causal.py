@@ -10,9 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checks import resolve_device
 from ..errors import PuretoolsError
+from ..forward import layer_output, prepare_model
 from ..layouts import Layout, check_token_reduce, layer_layout
-from ..references import References, check_references, layer_output, prepare_model, resolve_device
+from ..reference_type import References, check_references
 from .ground_truth import dominant_concepts
 from .world import ToyWorld
 
