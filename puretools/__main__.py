@@ -95,7 +95,7 @@ def _safetensors_path(text: str) -> Path:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="toy", help="'toy', 'resnet50', 'timm/resnet50.a1_in1k', ... (default: toy)")
+    p.add_argument("--model", default="toy", help="'toy', 'toy-vit', 'resnet50', 'timm/resnet50.a1_in1k', ... (default: toy)")
     p.add_argument("--weights", default="default",
                    help="'default' (the published weights), 'none' (random, seeded by --seed) or a path to a "
                         "state dict (.safetensors or .pth)")
@@ -139,6 +139,9 @@ def _setup(args):
     dataset = load_dataset(args.data, size=args.size)
     if args.model == "toy":
         from .toyworld import LAYER, LOWER_LAYER
+    elif args.model == "toy-vit":
+        from .toyworld import VIT_LAYER as LAYER
+        from .toyworld import VIT_LOWER_LAYER as LOWER_LAYER
     else:
         LAYER, LOWER_LAYER = "layer4", "layer3"
     layer = args.layer or LAYER
@@ -287,7 +290,7 @@ def _parser() -> argparse.ArgumentParser:
     toy = p.add_subparsers(dest="toy_command", required=True)
     t = toy.add_parser("train", help="train a toy model (never overwrites a checkpoint unless --force)")
     t.add_argument("--epochs", type=int, default=None,
-                   help="passes over the train split (default 10; --arch vit: 12)")
+                   help="passes over the train split (default 10; --arch vit: 3)")
     t.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling (default 0)")
     t.add_argument("--arch", choices=("resnet", "vit"), default="resnet",
                    help="the toy ResNet (default; model.safetensors, record.json) or the toy ViT "
