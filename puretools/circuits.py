@@ -18,6 +18,7 @@ from . import cache, distributed
 from .checks import check_activations, check_images, resolve_device
 from .errors import PuretoolsError
 from .forward import collate_images, forward_to, prepare_model
+from .layouts import Layout, layer_layout
 from .models import lrp_composite
 from .reference_type import References, check_references
 from .subnet import Precision, _precision_context, memory_plan, subnetwork, tf32_matmuls
@@ -68,8 +69,12 @@ def _lower_activations(
     precision: str,
     device: torch.device,
     num_workers: int,
+    sequence_first: bool = False,
 ) -> torch.Tensor:
     """Load, check and forward reference images to ``lower_layer``: Tensor [len(images), C_lower, ...].
+
+    With ``sequence_first`` (a ``[T, B, C]`` layer) the activations are stored batch first,
+    ``[len(images), T, C]``.
 
     ``images`` are data-set indices, at ``positions`` of a chunk of ``chunk_len`` distinct
     reference images (one process: all of the chunk; a rank: its share of it). On the CPU
@@ -93,7 +98,8 @@ def _lower_activations(
                 x = x_all[batch]
                 if len(batch) < s:  # fill up to the batch size of one process
                     x = torch.cat([x, x[:1].expand(s - len(batch), *x.shape[1:])])
-                low = forward_to(model, lower_layer, x.to(device, non_blocking=True))[: len(batch)]
+                low = forward_to(model, lower_layer, x.to(device, non_blocking=True))
+                low = (low.transpose(0, 1) if sequence_first else low)[: len(batch)]
                 if lower is None:
                     lower = low.new_empty((len(images), *low.shape[1:]))
                 lower[batch.to(lower.device)] = low
@@ -114,8 +120,15 @@ def _attribute_chunk(
     precision: str,
     device: torch.device,
     bar,
+    layouts: tuple[Layout, Layout, Layout] | None = None,
+    reads_lower: bool = False,
 ) -> None:
     """Write the unnormalised circuits of the pairs of one chunk of images into ``out``.
+
+    ``layouts``: of the subnetwork's input (stored batch first in ``lower``), of ``layer`` and
+    of ``lower_layer`` (None: channels first, as for CNNs). With ``reads_lower`` the subnetwork
+    starts at a cut below ``lower_layer`` and returns ``(layer output, lower_layer output)``;
+    the relevance is read at the latter.
 
     ``lower`` holds the chunk's images' lower-layer activations; ``pairs`` the flat ids of the
     pairs whose image is in the chunk, grouped by image in the order of ``lower``, ``counts``
@@ -128,6 +141,7 @@ def _attribute_chunk(
     of a backward pass carry no pair (one more forward of them is cheaper than many backward
     passes of empty rows).
     """
+    lay_in, lay_top, lay_low = layouts or (Layout("channels_first"),) * 3
     offsets = torch.cumsum(counts, 0) - counts  # position in `pairs` of each image's first pair
     by_count = torch.argsort(counts, descending=True, stable=True)
     for b in range(0, len(by_count), batch_size):
@@ -139,24 +153,31 @@ def _attribute_chunk(
             size = int((n_pairs > r).sum())
             x = lower[images[:size].to(lower.device)].requires_grad_(True)
             with torch.enable_grad(), _precision_context(precision, device):
-                y = sub(x)
+                y = sub(x.transpose(0, 1) if lay_in.kind == "sequence_first" else x)
+            y, low = y if reads_lower else (y, x if lay_in.kind != "sequence_first" else x.transpose(0, 1))
             start = y.detach().clamp(min=0)  # the neuron's relevance at `layer`: relu(a_k)
-            x_value = x.detach()
+            x_value = low.detach()
             grad_out = torch.zeros_like(y)
+            # [B, C, positions] views (CNNs: the tensors themselves, flattened)
+            start_c, grad_out_c = lay_top.to_channels(start), lay_top.to_channels(grad_out)
             n_rows = size
             while True:  # one backward round per r, on the same graph while it stays full enough
                 pair_ids = pairs[offsets[images[:n_rows]] + r]
                 rows = torch.arange(n_rows, device=device)
                 channel = pair_channel[pair_ids].to(device)
-                grad_out[rows, channel] = start[rows, channel]
+                grad_out_c[rows, channel] = start_c[rows, channel]
                 r += 1
                 n_next = int((n_pairs > r).sum())
                 keep = r < rounds and n_next >= _REFORWARD_BELOW * size
                 with torch.enable_grad(), _precision_context(precision, device):
-                    (grad,) = torch.autograd.grad(y, x, grad_out, retain_graph=keep)
-                grad_out[rows, channel] = 0
-                rel = grad[:n_rows] * x_value[:n_rows] if method == "gradient" else grad[:n_rows]
-                rel = rel.float().flatten(2).sum(-1) if rel.ndim > 2 else rel.float()
+                    (grad,) = torch.autograd.grad(y, low, grad_out, retain_graph=keep)
+                grad_out_c[rows, channel] = 0
+                value, lay = x_value, lay_low
+                if lay.kind == "sequence_first":  # batch first, so that rows are images
+                    grad, value, lay = grad.transpose(0, 1), value.transpose(0, 1), Layout("tokens")
+                rel = grad[:n_rows] * value[:n_rows] if method == "gradient" else grad[:n_rows]
+                # summed over positions (CNNs: exactly rel.float().flatten(2).sum(-1))
+                rel = lay.to_channels(rel.float()).sum(-1) if rel.ndim > 2 else rel.float()
                 out[pair_ids] = rel.cpu()
                 bar.update(n_rows)
                 if not keep:
@@ -181,6 +202,9 @@ def circuit_attributions(
     progress: bool = True,
     num_workers: int = 0,
     checkpoint_every: int = 20,
+    layout: str | Layout | None = None,
+    lower_layout: str | Layout | None = None,
+    cut: str | None = None,
 ) -> torch.Tensor:
     """Circuits of (neuron, reference) pairs: relevance of each neuron flowing into ``lower_layer``.
 
@@ -190,6 +214,10 @@ def circuit_attributions(
     PURE reference code). ``method="lrp"``: relevance is propagated with zennit's
     ``EpsilonPlusFlat`` composite and the model's canonizers (CRP). The relevance is summed
     over space and divided by its L1 norm over channels.
+
+    Transformer layers (tokens ``[B, T, C]``, see :func:`puretools.layouts.layer_layout`) work
+    the same way with tokens as positions: a neuron is a feature, its starting relevance is
+    ``relu(a_k)`` on every token, and the relevance at ``lower_layer`` is summed over tokens.
 
     The lower-layer activations of each reference image are computed once, however many
     neurons share it; then only the subnetwork between the two layers runs: forward once per
@@ -234,6 +262,17 @@ def circuit_attributions(
     checkpoint_every : int
         With a ``cache_dir``, save partial results every this many image chunks; re-running
         the same call after an interruption continues from there. 0 disables checkpoints.
+    layout, lower_layout : str, Layout or None
+        The layouts of ``layer`` and ``lower_layer`` (``"channels_first"``, ``"channels_last"``,
+        ``"tokens"``, ``"sequence_first"`` or a :class:`~puretools.layouts.Layout`). None:
+        found from the model.
+    cut : str or None
+        For a ``lower_layer`` that ``layer`` also reaches around (inside the previous residual
+        block, e.g. ``lower_layer='blocks.4.mlp.act'`` for ``layer='blocks.5.mlp.act'``): a
+        layer below it that all of ``layer``'s input passes through (``'blocks.3'``). The
+        backward pass runs from ``layer`` to ``cut`` and the relevance is read at
+        ``lower_layer`` on the way, as zennit-crp does (see :func:`subnetwork`). The error for
+        such a pair of layers names the cut.
 
     Returns
     -------
@@ -254,7 +293,8 @@ def circuit_attributions(
     if distributed.active():  # under torchrun: the pairs split across ranks (puretools/distributed/)
         return distributed.split_circuits(**locals())
     plan = _prepare_circuits(model, dataset, layer, lower_layer, references, neurons, method, batch_size,
-                             image_chunk, max_memory, device, precision, cache_dir)  # fmt: skip
+                             image_chunk, max_memory, device, precision, cache_dir, layout=layout,
+                             lower_layout=lower_layout, cut=cut)  # fmt: skip
     if plan.hit is not None:
         return plan.hit
     model, device, key, pairs = plan.model, plan.device, plan.key, plan.pairs
@@ -275,15 +315,16 @@ def circuit_attributions(
     with composite.context(model) if composite else contextlib.nullcontext():
         for chunk_number, start in enumerate(range(first_chunk, len(unique_images), image_chunk), 1):
             chunk = unique_images[start : start + image_chunk]
-            lower = _lower_activations(model, dataset, chunk, torch.arange(len(chunk)), len(chunk), lower_layer,
-                                       precision, device, num_workers)  # fmt: skip
+            lower = _lower_activations(model, dataset, chunk, torch.arange(len(chunk)), len(chunk), plan.input_layer,
+                                       precision, device, num_workers, plan.sequence_first)  # fmt: skip
             if out is None:
-                out = torch.zeros(len(pairs.images), lower.shape[1])
+                out = torch.zeros(len(pairs.images), plan.lower_channels)
             first = int(pair_end[start - 1]) if start else 0
             end = start + len(chunk)
             last = int(pair_end[end - 1])
             _attribute_chunk(plan.sub, lower, pairs.order[first:last], counts[start:end], pairs.channel, out,
-                             method, plan.batch_size, precision, device, bar)  # fmt: skip
+                             method, plan.batch_size, precision, device, bar, plan.layouts,
+                             plan.cut is not None)  # fmt: skip
             if key is not None and checkpoint_every and chunk_number % checkpoint_every == 0 and end < len(unique_images):
                 saved = cache.save_cached(cache_dir, "circuits-partial", key, {"out": out, "next": torch.tensor(end)})
                 checkpoint_every = checkpoint_every if saved is not None else 0  # warned once; go on
@@ -339,6 +380,15 @@ class _CircuitsPlan:
     pairs: _Pairs
     key: str | None  # cache key; None without a cache (or for a data set whose items change)
     hit: torch.Tensor | None  # the verified cached circuits (only when looked up)
+    layouts: tuple[Layout, Layout, Layout]  # of the subnetwork's input, of ``layer``, of ``lower_layer``
+    lower_channels: int  # neurons of ``lower_layer``: the length of a circuit
+    input_layer: str  # the layer whose output the subnetwork takes: ``cut``, else ``lower_layer``
+    cut: str | None = None  # a layer below ``lower_layer`` the subnetwork starts at (None: lower_layer)
+
+    @property
+    def sequence_first(self) -> bool:
+        """True when the subnetwork's input is ``[T, B, C]`` (stored batch first)."""
+        return self.layouts[0].kind == "sequence_first"
 
 
 def _prepare_circuits(
@@ -356,6 +406,9 @@ def _prepare_circuits(
     precision: str,
     cache_dir: str | os.PathLike | None,
     lookup: bool = True,
+    layout: str | Layout | None = None,
+    lower_layout: str | Layout | None = None,
+    cut: str | None = None,
 ) -> _CircuitsPlan:
     """The argument checks, the device, the subnetwork, the memory plan, the references and
     neurons (:func:`check_references`), the pairs, the cache key and (with ``lookup``) the hit."""
@@ -365,7 +418,16 @@ def _prepare_circuits(
         raise PuretoolsError("batch_size and image_chunk must be positive integers.")
     device = resolve_device(device, model)
     model = prepare_model(model, device)
-    sub = subnetwork(model, lower_layer, layer)
+    sub = subnetwork(model, lower_layer, layer, cut=cut)
+    example = check_images(collate_images([dataset[0]]), model, 0).to(device)
+    with torch.inference_mode():
+        lower_out = forward_to(model, lower_layer, example)
+    layouts = (
+        layer_layout(model, cut, example) if cut is not None else layer_layout(model, lower_layer, example, lower_layout),
+        layer_layout(model, layer, example, layout),
+        layer_layout(model, lower_layer, example, lower_layout),
+    )
+    lower_channels = layouts[2].channels(lower_out)
     if max_memory is not None:
         example = collate_images([dataset[0]])[0]
         plan = memory_plan(model, example, layer, lower_layer, max_memory, precision, device)
@@ -374,7 +436,7 @@ def _prepare_circuits(
     batch_size, image_chunk = batch_size or 256, image_chunk or 512
     use_cache = cache_dir is not None and not cache.items_change(dataset)
     dataset_fp = cache.dataset_fingerprint(dataset) if use_cache or getattr(references, "dataset", None) else None
-    ref_idx, neurons_t = check_references(references, dataset, layer, neurons, model, dataset_fp)
+    ref_idx, neurons_t = check_references(references, dataset, layer, neurons, model, dataset_fp, layouts[1])
     n_ref = ref_idx.shape[1]
     key = hit = None
     if use_cache:
@@ -388,12 +450,14 @@ def _prepare_circuits(
             neurons=neurons_t.tolist(),
             method=method,
             precision=precision,
+            # only when given, so that the keys of earlier results stay valid
+            **{k: repr(v) for k, v in (("layout", layout), ("lower_layout", lower_layout), ("cut", cut)) if v is not None},
         )
         if lookup:
             found = cache.load_cached(cache_dir, "circuits", key, expect={"circuits": (len(neurons_t), n_ref, None)})
             hit = None if found is None else found["circuits"]
     return _CircuitsPlan(model, sub, device, batch_size, image_chunk, neurons_t, n_ref, _pairs(ref_idx, neurons_t),
-                         key, hit)  # fmt: skip
+                         key, hit, layouts, lower_channels, cut or lower_layer, cut)  # fmt: skip
 
 
 def _finish_circuits(

@@ -12,6 +12,7 @@ from .checks import resolve_device
 from .circuits import normalize_circuits, subnetwork
 from .errors import PuretoolsError
 from .forward import prepare_model
+from .layouts import Layout, layer_layout
 from .models import get_module, lrp_composite
 from .routing import Method, _check_fitted, _check_method
 from .virtual import VirtualNeurons
@@ -39,18 +40,43 @@ class VirtualEdit:
     """
 
     def __init__(self, model: nn.Module, layer: str, lower_layer: str, vn: VirtualNeurons,
-                 suppress: dict[int, list[int]], method: Method) -> None:  # fmt: skip
+                 suppress: dict[int, list[int]], method: Method, layout: str | Layout | None = None,
+                 lower_layout: str | Layout | None = None) -> None:  # fmt: skip
         self.model, self.layer, self.lower_layer, self.vn = model, layer, lower_layer, vn
         self.suppress, self.method = suppress, method
+        self._given = (layout, lower_layout)
+        self._layouts: tuple[Layout, Layout] | None = None  # found at the first forward pass
+        self._input: torch.Tensor | None = None
         self.last_routes: dict[int, torch.Tensor] = {}
         self.last_suppressed: dict[int, torch.Tensor] = {}
         self._sub = subnetwork(model, lower_layer, layer)
         self._busy = False
         self._lower: torch.Tensor | None = None
         self._handles = [
+            model.register_forward_pre_hook(self._keep_input),
             get_module(model, lower_layer).register_forward_hook(self._keep_lower),
             get_module(model, layer).register_forward_hook(self._edit),
         ]
+
+    def _keep_input(self, _module, inputs) -> None:
+        if not self._busy and self._layouts is None and inputs and isinstance(inputs[0], torch.Tensor):
+            self._input = inputs[0].detach()
+
+    def layouts(self) -> tuple[Layout, Layout]:
+        """The layouts of ``layer`` and ``lower_layer`` (found by a forward pass of the first input)."""
+        if self._layouts is None:
+            given = self._given
+            if self._input is None and not all(isinstance(g, Layout) for g in given):
+                raise PuretoolsError("The layouts of the edited layers are not known yet: run the model once.")
+            busy, self._busy = self._busy, True  # the hooks stay out of this forward pass
+            try:
+                x = self._input[:2] if self._input is not None else None
+                self._layouts = (layer_layout(self.model, self.layer, x, given[0]),
+                                 layer_layout(self.model, self.lower_layer, x, given[1]))  # fmt: skip
+            finally:
+                self._busy = busy
+                self._input = None
+        return self._layouts
 
     def _keep_lower(self, _module, _inputs, output) -> None:
         if not self._busy:
@@ -64,13 +90,15 @@ class VirtualEdit:
             with torch.inference_mode(False), torch.enable_grad(), (
                 composite.context(self.model) if composite else contextlib.nullcontext()
             ):
+                lay_top, lay_low = self.layouts()
                 x = lower.detach().clone().requires_grad_(True)
                 y = self._sub(x)
-                grad_out = torch.zeros_like(y)
-                grad_out[:, neuron] = y[:, neuron].detach().clamp(min=0)
+                grad_out = torch.zeros_like(y)  # relu(a_k) on every position (token) of channel k
+                lay_top.to_channels(grad_out)[:, neuron] = lay_top.to_channels(y.detach())[:, neuron].clamp(min=0)
                 (grad,) = torch.autograd.grad(y, x, grad_out)
                 rel = grad * x.detach() if self.method == "gradient" else grad
-                rel = rel.float().flatten(2).sum(-1) if rel.ndim > 2 else rel.float()
+                # summed over positions (CNNs: exactly rel.float().flatten(2).sum(-1))
+                rel = lay_low.to_channels(rel.float()).sum(-1) if rel.ndim > 2 else rel.float()
         finally:
             self._busy = False
         return normalize_circuits(rel.detach().cpu())
@@ -90,7 +118,7 @@ class VirtualEdit:
             if hit.any():
                 if edited is None:
                     edited = output.clone()
-                edited[hit.to(output.device), neuron] = 0
+                self.layouts()[0].to_channels(edited)[hit.to(output.device), neuron] = 0
         return edited  # None keeps the original output object
 
     def remove(self) -> None:
@@ -113,6 +141,8 @@ def edit_virtual_neurons(
     vn: VirtualNeurons,
     suppress: Mapping[int, Sequence[int] | int],
     method: Method = "gradient",
+    layout: str | Layout | None = None,
+    lower_layout: str | Layout | None = None,
 ) -> VirtualEdit:
     """Switch off virtual neurons: zero a neuron exactly for the inputs routed to them.
 
@@ -130,6 +160,10 @@ def edit_virtual_neurons(
         Neurons are channels of ``layer`` that ``vn`` was fitted for.
     method : {"gradient", "lrp"}
         How the routing circuits are computed (use the fit's method).
+    layout, lower_layout : str, Layout or None
+        The layouts of ``layer`` and ``lower_layer`` (:func:`puretools.layouts.layer_layout`);
+        None: found by a forward pass of the first input. For a transformer layer the neuron
+        (a feature) is zeroed on every token.
 
     Returns
     -------
@@ -164,4 +198,4 @@ def edit_virtual_neurons(
         clean[int(neuron)] = ids_list
     if model.training:
         prepare_model(model, resolve_device(None, model))
-    return VirtualEdit(model, layer, lower_layer, vn, clean, method)
+    return VirtualEdit(model, layer, lower_layer, vn, clean, method, layout, lower_layout)

@@ -18,6 +18,7 @@ from .checks import check_activations, check_called_once, check_images, resolve_
 from .data import denormalize as imagenet_denormalize
 from .errors import PuretoolsError
 from .forward import collate_images, forward_to, prepare_model
+from .layouts import Layout, layer_layout
 from .models import get_module, lrp_composite
 from .reference_type import References, check_references
 
@@ -51,17 +52,18 @@ MASK_ALPHA = 0.3
 # --------------------------------------------------------------------------- heatmaps
 
 
-def _argmax_relevance(activation: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+def _argmax_relevance(activation: torch.Tensor, channels: torch.Tensor, layout: Layout | None = None) -> torch.Tensor:
     """Zeros like ``activation`` except, per sample b, the activation of channel ``channels[b]``
-    at its argmax spatial position (first one on ties)."""
-    b = activation.shape[0]
-    flat = activation.reshape(b, activation.shape[1], -1)
+    at its argmax spatial position or token (first one on ties)."""
+    layout = layout or Layout("channels_first")
+    flat = layout.to_channels(activation)  # [B, C, positions]; CNNs: activation.flatten(2)
+    b = flat.shape[0]
     rows = torch.arange(b, device=activation.device)
     own = flat[rows, channels]  # [B, positions]
     pos = own.argmax(1)
     init = torch.zeros_like(flat)
     init[rows, channels, pos] = own[rows, pos]
-    return init.reshape(activation.shape)
+    return layout.from_channels(init, activation.shape)
 
 
 def reference_heatmaps(
@@ -75,8 +77,12 @@ def reference_heatmaps(
     composite: Composite | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = False,
+    layout: str | Layout | None = None,
 ) -> torch.Tensor:
     """CRP heatmaps of the most activating spatial unit of each neuron, for each of its references.
+
+    For a transformer layer (tokens, :func:`puretools.layouts.layer_layout`) the unit is the
+    token where feature k is largest, and the heatmap is on the input pixels as for a CNN.
 
     For neuron k and reference image x the backward pass starts at ``layer`` with the initial
     relevance zero everywhere except at channel k's spatial argmax, where it is that
@@ -112,6 +118,8 @@ def reference_heatmaps(
         references, neurons and the composite with all its parameters and canonizers.
     progress : bool
         Show a tqdm progress bar over pairs.
+    layout : str, Layout or None
+        ``layer``'s layout; None: found from the model.
 
     Returns
     -------
@@ -135,7 +143,7 @@ def reference_heatmaps(
     model = prepare_model(model, device)
     use_cache = cache_dir is not None and not cache.items_change(dataset)
     dataset_fp = cache.dataset_fingerprint(dataset) if use_cache or getattr(references, "dataset", None) else None
-    ref_idx, neurons_t = check_references(references, dataset, layer, neurons, model, dataset_fp)
+    ref_idx, neurons_t = check_references(references, dataset, layer, neurons, model, dataset_fp, layout)
     n_ref = ref_idx.shape[1]
 
     key = None
@@ -148,6 +156,7 @@ def reference_heatmaps(
             references=ref_idx[neurons_t].tolist(),
             neurons=neurons_t.tolist(),
             composite="lrp" if composite is None else cache.object_fingerprint(composite),
+            **({"layout": repr(layout)} if layout is not None else {}),  # only when given: old keys stay valid
         )
         example = collate_images([dataset[int(ref_idx.flatten()[0]) if ref_idx.numel() else 0]])
         expect = {"heatmaps": (len(neurons_t), n_ref, *example.shape[2:])}
@@ -161,7 +170,9 @@ def reference_heatmaps(
     out: torch.Tensor | None = None
     if len(pair_images):
         first = pair_images[:1]
-        check_called_once(model, layer, check_images(collate_images([dataset[int(first)]]), model, first).to(device))
+        example = check_images(collate_images([dataset[int(first)]]), model, first).to(device)
+        check_called_once(model, layer, example)
+        layout = layer_layout(model, layer, example, layout)
     bar = tqdm(total=len(pair_images), desc=f"heatmaps @ {layer}", disable=not progress, unit="pair")
     with composite.context(model):
         for start in range(0, len(pair_images), batch_size):
@@ -179,7 +190,7 @@ def reference_heatmaps(
                         f"Layer {layer!r} output has shape {tuple(activation.shape)}; expected [B, C, ...]."
                     )
                 check_activations(activation.detach(), layer, idx)
-                init = _argmax_relevance(activation.detach(), channels)
+                init = _argmax_relevance(activation.detach(), channels, layout)
                 (grad,) = torch.autograd.grad(activation, x, init)
             heat = grad.detach().float().sum(1).cpu()
             bad = (~torch.isfinite(heat.flatten(1))).any(1)

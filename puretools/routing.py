@@ -21,6 +21,7 @@ from .checks import check_images, resolve_device
 from .circuits import circuit_attributions
 from .errors import PuretoolsError
 from .forward import capture_output, collate_images, forward_to, prepare_model
+from .layouts import Layout, TokenReduce, layer_layout
 from .models import get_module, lrp_composite
 from .virtual import VirtualNeurons
 
@@ -88,6 +89,9 @@ def route_images(
     vn: VirtualNeurons,
     method: Method = "gradient",
     device: str | torch.device | None = None,
+    layout: str | Layout | None = None,
+    lower_layout: str | Layout | None = None,
+    token_reduce: TokenReduce = "max",
 ) -> Routes:
     """Circuits, spatial-max activations and virtual neuron of each input for every fitted neuron.
 
@@ -105,6 +109,12 @@ def route_images(
         Fitted with ``neurons=`` the channels of ``layer`` its rows belong to.
     method : {"gradient", "lrp"}
     device : str, torch.device or None
+    layout, lower_layout : str, Layout or None
+        The layouts of ``layer`` and ``lower_layer`` (:func:`puretools.layouts.layer_layout`);
+        None: found from the model.
+    token_reduce : {"max", "mean", "cls"}
+        How a neuron's map becomes its activation (:meth:`puretools.layouts.Layout.reduce`;
+        use the references' ``token_reduce``).
 
     Returns
     -------
@@ -127,21 +137,22 @@ def route_images(
     check_images(x, model)
     with torch.inference_mode():
         out = forward_to(model, layer, x.to(device)).float()
-    n_channels = out.shape[1]
+    lay = layer_layout(model, layer, x[:2].to(device), layout)
+    n_channels = lay.channels(out)
     bad = [n for n in vn.neurons if n >= n_channels]
     if bad:
         raise PuretoolsError(
             f"The virtual neurons were fitted for neuron(s) {bad} but layer {layer!r} has {n_channels} "
             "channels: was vn fitted on another layer?"
         )
-    acts = (out.flatten(2).amax(-1) if out.ndim > 2 else out)[:, vn.neurons].cpu()
+    acts = lay.reduce(out, token_reduce)[:, vn.neurons].cpu()  # CNNs: the spatial max
     m = len(x)
     refs = torch.arange(m).expand(n_channels, m)  # every image is a reference of every neuron
     with warnings.catch_warnings():  # an input on which a neuron is silent has a zero circuit
         warnings.filterwarnings("ignore", message=".*dead neurons.*", category=RuntimeWarning)
         circuits = circuit_attributions(
             model, TensorDataset(x.cpu()), layer, lower_layer, refs, neurons=vn.neurons, method=method,
-            device=device, progress=False,
+            device=device, progress=False, layout=lay, lower_layout=lower_layout,
         )
     routes = vn.assign(circuits)
     distances = torch.full((len(vn.neurons), m, vn.max_k), float("inf"))
@@ -160,6 +171,9 @@ def virtual_activations(
     soft: bool = False,
     temperature: float = 0.05,
     device: str | torch.device | None = None,
+    layout: str | Layout | None = None,
+    lower_layout: str | Layout | None = None,
+    token_reduce: TokenReduce = "max",
 ) -> torch.Tensor:
     """Activations of the virtual neurons: each neuron's spatial max, routed to one virtual neuron.
 
@@ -169,7 +183,9 @@ def virtual_activations(
     weights ``softmax(-d / temperature)`` over the neuron's k centroid distances ``d``
     (L1-normalised circuits are compared, so distances lie in [0, 2]); as ``temperature``
     goes to 0 this becomes hard routing. Either way the virtual activations of a neuron sum to
-    its plain spatial-max activation. Entries beyond a neuron's k are 0.
+    its plain spatial-max activation. Entries beyond a neuron's k are 0. Transformer layers:
+    the max over tokens (or ``token_reduce``); ``layout``, ``lower_layout`` and
+    ``token_reduce`` as in :func:`route_images`.
 
     Returns
     -------
@@ -191,7 +207,8 @@ def virtual_activations(
     """
     if not temperature > 0:
         raise PuretoolsError(f"temperature must be positive, got {temperature!r}.")
-    r = route_images(model, images, layer, lower_layer, vn, method=method, device=device)
+    r = route_images(model, images, layer, lower_layer, vn, method=method, device=device, layout=layout,
+                     lower_layout=lower_layout, token_reduce=token_reduce)  # fmt: skip
     n, m = r.routes.shape
     if soft:
         weights = torch.softmax(-r.distances.double() / temperature, dim=-1).float()  # inf -> weight 0
@@ -253,6 +270,8 @@ def conditional_heatmaps(
     method: Method = "gradient",
     device: str | torch.device | None = None,
     batch_size: int = 256,
+    layout: str | Layout | None = None,
+    lower_layout: str | Layout | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Heatmaps of ``neuron`` with the relevance at ``lower_layer`` weighted by each condition.
 
@@ -270,6 +289,9 @@ def conditional_heatmaps(
         Weight of each lower channel per condition (0/1 for CRP's channel conditions).
     batch_size : int
         Rows (images x conditions) per pass; at least one condition per pass.
+    layout, lower_layout : str, Layout or None
+        The layouts of ``layer`` and ``lower_layer``; None: found from the model. For a
+        transformer layer the start covers every token of the feature ``neuron``.
 
     Returns
     -------
@@ -298,6 +320,8 @@ def conditional_heatmaps(
     rows = torch.cat([masks, torch.ones(1, masks.shape[1])])  # the last row: no condition
     m = len(x)
     per_pass = max(1, batch_size // max(m, 1))  # conditions per pass: images x conditions rows
+    lay_top = layer_layout(model, layer, x[:2].to(device), layout)
+    lay_low = layer_layout(model, lower_layer, x[:2].to(device), lower_layout)
     composite = lrp_composite(model) if method == "lrp" else None
     store, handle = capture_output(get_module(model, lower_layer), stop=False)
     heats = []
@@ -310,18 +334,20 @@ def conditional_heatmaps(
                 if "out" not in store:
                     raise PuretoolsError(f"Layer {lower_layer!r} did not run before {layer!r}.")
                 low = store.pop("out")
-                if low.shape[1] != masks.shape[1]:
+                n_low, n_top = lay_low.channels(low), lay_top.channels(y)
+                if n_low != masks.shape[1]:
                     raise PuretoolsError(
-                        f"conditions must have shape [n_conditions, {low.shape[1]}] ({lower_layer!r} has "
-                        f"{low.shape[1]} channels), got {tuple(masks.shape)}: was vn fitted on another lower layer?"
+                        f"conditions must have shape [n_conditions, {n_low}] ({lower_layer!r} has "
+                        f"{n_low} channels), got {tuple(masks.shape)}: was vn fitted on another lower layer?"
                     )
-                if not 0 <= neuron < y.shape[1]:
-                    raise PuretoolsError(f"neuron={neuron} is out of range: {layer!r} has {y.shape[1]} channels.")
-                init = torch.zeros_like(y)
-                init[:, neuron] = y[:, neuron].detach().clamp(min=0)
+                if not 0 <= neuron < n_top:
+                    raise PuretoolsError(f"neuron={neuron} is out of range: {layer!r} has {n_top} channels.")
+                init = torch.zeros_like(y)  # relu(a_k) on every position (token) of channel k
+                lay_top.to_channels(init)[:, neuron] = lay_top.to_channels(y.detach())[:, neuron].clamp(min=0)
                 (grad_low,) = torch.autograd.grad(y, low, init, retain_graph=True)
-                weight = block.repeat_interleave(m, 0).view(len(block) * m, -1, *([1] * (grad_low.ndim - 2)))
-                (grad_x,) = torch.autograd.grad(low, xg, grad_low * weight)
+                weight = block.repeat_interleave(m, 0)[:, :, None]  # [rows, C_lower, 1]
+                weighted = lay_low.from_channels(lay_low.to_channels(grad_low) * weight, grad_low.shape)
+                (grad_x,) = torch.autograd.grad(low, xg, weighted)
                 rel = grad_x * xg.detach() if method == "gradient" else grad_x
                 heats.append(rel.detach().float().sum(1).cpu().view(len(block), m, *rel.shape[2:]))
     finally:
@@ -341,6 +367,8 @@ def virtual_heatmaps(
     conditions: torch.Tensor | None = None,
     return_full: bool = False,
     device: str | torch.device | None = None,
+    layout: str | Layout | None = None,
+    lower_layout: str | Layout | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Input heatmaps of each virtual neuron of ``neuron``: CRP restricted to its circuit.
 
@@ -367,6 +395,9 @@ def virtual_heatmaps(
         Other channel weights per virtual neuron (default :func:`virtual_conditions`).
     return_full : bool
         Also return the full heatmap [M, H, W] of the neuron (no condition at ``lower_layer``).
+    layout, lower_layout : str, Layout or None
+        The layouts of ``layer`` and ``lower_layer`` (transformers: tokens); None: found from
+        the model. The heatmaps are on the input pixels for every layout.
 
     Returns
     -------
@@ -388,5 +419,6 @@ def virtual_heatmaps(
     _check_method(method)
     vn.position(neuron)
     masks = virtual_conditions(vn, neuron) if conditions is None else torch.as_tensor(conditions)
-    heat, full = conditional_heatmaps(model, images, layer, lower_layer, neuron, masks, method, device)
+    heat, full = conditional_heatmaps(model, images, layer, lower_layer, neuron, masks, method, device,
+                                      layout=layout, lower_layout=lower_layout)  # fmt: skip
     return (heat, full) if return_full else heat

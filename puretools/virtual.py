@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from .checks import check_activations, check_called_once, check_images, resolve_device
 from .errors import PuretoolsError
 from .forward import collate_images, layer_output, prepare_model
+from .layouts import Layout, layer_layout
 from .reference_type import References, check_references
 
 __all__ = ["VirtualNeurons", "activation_features", "kmeans_labels"]
@@ -265,8 +266,12 @@ def activation_features(
     neurons: Sequence[int] | torch.Tensor | None = None,
     batch_size: int = 64,
     device: str | torch.device | None = None,
+    layout: str | Layout | None = None,
 ) -> torch.Tensor:
     """The activation baseline's features: spatial mean of all channels of ``layer`` per reference.
+
+    For a transformer layer: the mean over tokens of every feature. ``layout``: ``layer``'s
+    layout (:func:`puretools.layouts.layer_layout`); None: found from the model.
 
     Returns
     -------
@@ -295,7 +300,9 @@ def activation_features(
             if s == 0:
                 check_called_once(model, layer, images[:1].to(device))
             out = layer_output(model, layer, images.to(device)).float()
-            check_activations(out, layer, batch)
-            feats.append((out.flatten(2).mean(-1) if out.ndim > 2 else out).cpu())
+            if not isinstance(layout, Layout):
+                layout = layer_layout(model, layer, images[:2].to(device), layout)
+            check_activations(layout.to_channels(out), layer, batch)
+            feats.append(layout.reduce(out, "mean").cpu())  # CNNs: out.flatten(2).mean(-1), [B, C]: out
             check_activations(feats[-1], layer, batch)  # the spatial mean of huge values can overflow
     return torch.cat(feats)[inverse]

@@ -18,6 +18,7 @@ from .circuits import circuit_attributions
 from .errors import PuretoolsError
 from .evaluate import cluster_distances
 from .forward import collate_images
+from .layouts import Layout, layer_layout
 from .patches import patches_from_heatmaps, reference_heatmaps
 from .polysemanticity import polysemanticity_scores
 from .reference_type import References
@@ -132,6 +133,8 @@ def prepare_explorer(
     progress: bool = True,
     heatmaps: bool = True,
     heatmap_method: str = "lrp",
+    layout: str | Layout | None = None,
+    lower_layout: str | Layout | None = None,
 ) -> ExplorerData:
     """Compute circuits, activations, patches, UMAPs and the ranking the explorer needs.
 
@@ -162,6 +165,9 @@ def prepare_explorer(
         neuron on it (:func:`puretools.virtual_heatmaps`; k x (k + 1) rows of one batched
         pass per neuron and k).
     heatmap_method : {"lrp", "gradient"}
+    layout, lower_layout : str, Layout or None
+        The layouts of ``layer`` and ``lower_layer`` (:func:`puretools.layouts.layer_layout`);
+        None: found from the model (transformer layers: tokens).
     """
     from .toyworld import dominant_concepts
 
@@ -170,16 +176,18 @@ def prepare_explorer(
     n_channels = references.n_channels
     neurons = list(range(n_channels)) if neurons is None else [int(n) for n in neurons]
     circuits = circuit_attributions(
-        model, dataset, layer, lower_layer, references, neurons=neurons, cache_dir=cache_dir, progress=progress
+        model, dataset, layer, lower_layer, references, neurons=neurons, cache_dir=cache_dir, progress=progress,
+        layout=layout, lower_layout=lower_layout,
     )
-    acts = activation_features(model, dataset, layer, references, neurons=neurons)
+    acts = activation_features(model, dataset, layer, references, neurons=neurons, layout=layout)
     idx = references.indices[neurons]  # [N, R]
     concepts = None
     if concept_labels is not None:
         concepts = torch.stack([dominant_concepts(concept_labels[row]) for row in idx])
         if eval_space is None:
             eval_space = concept_labels[idx].float()
-    heat = reference_heatmaps(model, dataset, layer, references, neurons, batch_size=256, cache_dir=cache_dir)
+    heat = reference_heatmaps(model, dataset, layer, references, neurons, batch_size=256, cache_dir=cache_dir,
+                              layout=layout)  # fmt: skip
     images = denormalize(collate_images([dataset[int(i)] for i in idx.reshape(-1)]))
     flat_heat = heat.reshape(-1, *heat.shape[-2:])
     patches = {
@@ -216,14 +224,18 @@ def prepare_explorer(
             for k in range(1, min(max_k, n_ref) + 1):
                 data.labels(position, method, k, seed=seed)
     if heatmaps:
+        example = collate_images([dataset[0]]).to(next((p.device for p in model.parameters()), "cpu"))
+        layouts = (layer_layout(model, layer, example, layout), layer_layout(model, lower_layer, example, lower_layout))
         for position in tqdm(range(len(neurons)), desc="virtual heatmaps", disable=not progress):
             _precompute_heatmaps(data, position, model, dataset, layer, lower_layer,
-                                 idx[order[position]], min(max_k, n_ref), denormalize, heatmap_method)  # fmt: skip
+                                 idx[order[position]], min(max_k, n_ref), denormalize, heatmap_method,
+                                 layouts)  # fmt: skip
     return data
 
 
 def _precompute_heatmaps(data: ExplorerData, position: int, model: nn.Module, dataset: Dataset, layer: str,
-                         lower_layer: str, ref_idx: torch.Tensor, max_k: int, denormalize, method: str) -> None:  # fmt: skip
+                         lower_layer: str, ref_idx: torch.Tensor, max_k: int, denormalize, method: str,
+                         layouts: tuple[Layout, Layout] | None = None) -> None:  # fmt: skip
     """The heatmap views of one neuron for k = 1..max_k: k images x (k conditions + none) per k."""
     circuits = data.features["PURE"][position].float()
     for k in range(1, max_k + 1):
@@ -232,7 +244,8 @@ def _precompute_heatmaps(data: ExplorerData, position: int, model: nn.Module, da
         members = [int(torch.nonzero(labels == j)[0]) for j in range(k)]  # references are best first
         images = collate_images([dataset[int(ref_idx[m])] for m in members])
         heat, full = conditional_heatmaps(model, images, layer, lower_layer, data.neurons[position],
-                                          partition_conditions(centroids), method=method)  # fmt: skip
+                                          partition_conditions(centroids), method=method,
+                                          layout=layouts and layouts[0], lower_layout=layouts and layouts[1])  # fmt: skip
         data.heatmaps[(position, k)] = VirtualHeatmapView(members, denormalize(images).clamp(0, 1), full, heat)
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from puretools.errors import PuretoolsError
 from puretools.layouts import Layout, layer_layout, prefix_tokens, token_grid
-from puretools.references import layer_output
+from puretools.forward import layer_output
 from puretools.subnet import subnetwork
 
 

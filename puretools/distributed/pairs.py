@@ -105,6 +105,9 @@ def split_circuits(
     progress: bool = True,
     num_workers: int = 0,
     checkpoint_every: int = 20,
+    layout=None,
+    lower_layout=None,
+    cut: str | None = None,
 ) -> torch.Tensor:
     """:func:`puretools.circuit_attributions` with its pairs split across the ranks.
 
@@ -120,7 +123,8 @@ def split_circuits(
 
     me, world = dist.get_rank(), dist.get_world_size()
     plan, error = _run(C._prepare_circuits, model, dataset, layer, lower_layer, references, neurons, method,
-                       batch_size, image_chunk, max_memory, device, precision, cache_dir, lookup=me == 0)
+                       batch_size, image_chunk, max_memory, device, precision, cache_dir, lookup=me == 0,
+                       layout=layout, lower_layout=lower_layout, cut=cut)  # fmt: skip
     _agree(error, what="checking the arguments")
     hit = _broadcast(plan.hit, "sharing the cached result") if cache_dir is not None else None
     if hit is not None:
@@ -207,15 +211,17 @@ def _compute_units(C, plan, dataset, mine, my_pairs, method, precision, num_work
             positions = torch.cat([mine[u][1] for u in todo])
             chunk_len = min(plan.image_chunk, len(pairs.unique_images) - start)
             lower = C._lower_activations(plan.model, dataset, pairs.unique_images[positions], positions - start,
-                                         chunk_len, lower_layer, precision, device, num_workers)  # fmt: skip
+                                         chunk_len, plan.input_layer, precision, device, num_workers,
+                                         plan.sequence_first)  # fmt: skip
             if out is None:
-                out = torch.zeros(len(my_pairs), lower.shape[1])
+                out = torch.zeros(len(my_pairs), plan.lower_channels)
             row = 0
             for u in todo:
                 n_images = len(mine[u][1])
                 C._attribute_chunk(
                     plan.sub, lower[row : row + n_images], torch.arange(offsets[u], offsets[u] + sizes[u]),
                     pairs.counts[mine[u][1]], local_channel, out, method, plan.batch_size, precision, device, bar,
+                    plan.layouts, plan.cut is not None,
                 )
                 done[offsets[u] : offsets[u] + sizes[u]] = True
                 row += n_images
