@@ -18,6 +18,13 @@ from zennit.torchvision import ResNetCanonizer
 from .checks import resolve_device
 from .errors import PuretoolsError, WeightsNotFoundError
 from .hub import hf_cache_dir, hf_cached_files, hf_endpoint, load_pretrained, torch_hub_file
+from .transformer_lrp import (
+    CPLRPComposite,
+    TransformerCanonizer,
+    is_transformer,
+    lrp_coverage,
+    transformer_blocks,
+)
 
 __all__ = [
     "TORCHVISION_RESNETS",
@@ -333,7 +340,9 @@ def canonizers_for(model: nn.Module) -> list[Canonizer]:
 
     torchvision ResNets (and the toy model, built from torchvision blocks) get
     ``ResNetCanonizer``; timm ResNets get ``SequentialMergeBatchNorm`` plus
-    :class:`TimmResNetCanonizer`; anything else gets ``SequentialMergeBatchNorm``.
+    :class:`TimmResNetCanonizer`; vision transformers (timm, torchvision, open_clip) get
+    :class:`puretools.transformer_lrp.TransformerCanonizer`; anything else gets
+    ``SequentialMergeBatchNorm``.
 
     Examples
     --------
@@ -341,6 +350,8 @@ def canonizers_for(model: nn.Module) -> list[Canonizer]:
     >>> [type(c).__name__ for c in canonizers_for(model)]
     ['ResNetCanonizer']
     """
+    if is_transformer(model):
+        return [TransformerCanonizer()]
     if _is_timm(model):
         return [SequentialMergeBatchNorm(), TimmResNetCanonizer()]
     from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -352,21 +363,27 @@ def canonizers_for(model: nn.Module) -> list[Canonizer]:
 
 @dataclass(frozen=True)
 class CanonizerReport:
-    """How many residual blocks a set of canonizers rewrote, out of how many there are."""
+    """How many residual blocks a set of canonizers rewrote, out of how many there are.
+
+    Only the block types puretools knows are counted (torchvision and timm ResNet blocks, ViT
+    blocks of timm, torchvision and open_clip). ``complete`` is False when none was recognised
+    (0/0): then the report says nothing, and :func:`puretools.transformer_lrp.lrp_coverage`
+    is the check that finds residual adds and normalisation layers without a rule.
+    """
 
     residual_blocks: int
     canonized_blocks: int
 
     @property
     def complete(self) -> bool:
-        return self.canonized_blocks == self.residual_blocks
+        return self.residual_blocks > 0 and self.canonized_blocks == self.residual_blocks
 
 
 def _residual_blocks(model: nn.Module) -> list[nn.Module]:
     from torchvision.models.resnet import BasicBlock, Bottleneck
 
     classes = (BasicBlock, Bottleneck) + tuple(_timm_blocks())
-    return [m for m in model.modules() if isinstance(m, classes)]
+    return [m for m in model.modules() if isinstance(m, classes)] + transformer_blocks(model)
 
 
 def canonizer_report(model: nn.Module, canonizers: list[Canonizer] | None = None) -> CanonizerReport:
@@ -384,15 +401,27 @@ def canonizer_report(model: nn.Module, canonizers: list[Canonizer] | None = None
     try:
         for canonizer in canonizers:
             handles.extend(canonizer.apply(model))
-        done = sum(1 for b in blocks if hasattr(b, "canonizer_sum"))
+        done = sum(1 for b in blocks if hasattr(b, "canonizer_sum") or "forward" in vars(b))
     finally:
         for handle in reversed(handles):
             handle.remove()
     return CanonizerReport(residual_blocks=len(blocks), canonized_blocks=done)
 
 
-def lrp_composite(model: nn.Module) -> EpsilonPlusFlat:
-    """The CRP-style LRP composite: ``EpsilonPlusFlat`` with the model's canonizers.
+def lrp_composite(model: nn.Module) -> EpsilonPlusFlat | CPLRPComposite:
+    """The LRP composite for ``model``, or an error where LRP would not conserve relevance.
+
+    CNNs get the CRP-style ``EpsilonPlusFlat`` with the model's canonizers; vision
+    transformers (timm, torchvision, open_clip) get CP-LRP,
+    :class:`puretools.transformer_lrp.CPLRPComposite` (LayerNorm's std and the attention
+    weights constant, identity rule on GELU, epsilon on Linear layers).
+
+    Raises
+    ------
+    PuretoolsError
+        If some residual add, normalisation layer or other operation of the model has no
+        rule or canonizer (:func:`puretools.transformer_lrp.lrp_coverage`); the message names
+        them. Use ``method="gradient"`` for such models.
 
     Examples
     --------
@@ -400,4 +429,13 @@ def lrp_composite(model: nn.Module) -> EpsilonPlusFlat:
     >>> type(composite).__name__
     'EpsilonPlusFlat'
     """
-    return EpsilonPlusFlat(canonizers=canonizers_for(model))
+    composite = CPLRPComposite() if is_transformer(model) else EpsilonPlusFlat(canonizers=canonizers_for(model))
+    problems = lrp_coverage(model, composite)
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise PuretoolsError(
+            f"LRP on this {type(model).__name__} would not conserve relevance: no rule or canonizer covers {shown}. "
+            "puretools has LRP rules for ResNets (torchvision, timm) and vision transformers (timm, torchvision, "
+            "open_clip); use method='gradient' for this model, or write a canonizer for these parts."
+        )
+    return composite
