@@ -107,7 +107,7 @@ def _safetensors_path(text: str) -> Path:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="toy", help="'toy', 'resnet50', 'timm/resnet50.a1_in1k', ... (default: toy)")
+    p.add_argument("--model", default="toy", help="'toy', 'toy-vit', 'resnet50', 'timm/resnet50.a1_in1k', ... (default: toy)")
     p.add_argument("--weights", default="default",
                    help="'default' (the published weights), 'none' (random, seeded by --seed) or a path to a "
                         "state dict (.safetensors or .pth)")
@@ -145,6 +145,8 @@ def _setup(args):
     dataset = load_dataset(args.data, size=args.size)
     if args.model == "toy":
         LAYER, LOWER_LAYER = toyworld.LAYER, toyworld.LOWER_LAYER
+    elif args.model == "toy-vit":
+        LAYER, LOWER_LAYER = toyworld.VIT_LAYER, toyworld.VIT_LOWER_LAYER
     else:
         LAYER, LOWER_LAYER = "layer4", "layer3"
     layer = args.layer or LAYER
@@ -215,7 +217,7 @@ def _attribute(args) -> None:
 
 
 def _toy_train(args) -> None:
-    kwargs = {"seed": args.seed, "overwrite": args.force}
+    kwargs = {"seed": args.seed, "overwrite": args.force, "arch": args.arch}
     if args.epochs is not None:
         kwargs["epochs"] = args.epochs
     if args.out is not None:
@@ -276,8 +278,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("toy", help="the toy world")
     toy = p.add_subparsers(dest="toy_command", required=True)
     t = toy.add_parser("train", help="train a toy model (never overwrites a checkpoint unless --force)")
-    t.add_argument("--epochs", type=int, default=None, help="passes over the train split (default 10)")
+    t.add_argument("--epochs", type=int, default=None,
+                   help="passes over the train split (default 10; --arch vit: 3)")
     t.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling (default 0)")
+    t.add_argument("--arch", choices=("resnet", "vit"), default="resnet",
+                   help="the toy ResNet (default; model.safetensors, record.json) or the toy ViT "
+                        "(vit.safetensors, vit_record.json)")
     t.add_argument("--out", default=None,
                    help="output folder for model.safetensors and record.json (default: data/toyworld, "
                         "which already holds the shipped checkpoint: use e.g. --out /tmp/toy-seed1)")

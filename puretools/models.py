@@ -80,7 +80,8 @@ def load_model(
     Parameters
     ----------
     name : str
-        ``"toy"`` (the toy-world ResNet shipped in ``data/toyworld``), a torchvision
+        ``"toy"`` (the toy-world ResNet shipped in ``data/toyworld``), ``"toy-vit"`` (the
+        toy-world ViT shipped beside it), a torchvision
         ResNet (``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"resnet101"``) or a timm
         model prefixed with ``"timm/"`` (``"timm/resnet50.a1_in1k"``, the paper's weights).
     weights : str, path or None

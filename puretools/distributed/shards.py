@@ -10,8 +10,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .. import cache
-from ..ranks import register_split
 from ..layouts import Layout
+from ..ranks import register_split
 from ..reference_type import References
 from ..references import collect_in_process, prepare_references, references_key, save_references
 from .group import _agree, _broadcast, _collective, _group, _remove_after_barrier, _run

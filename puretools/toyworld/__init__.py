@@ -1,7 +1,8 @@
 """The toy world: seeded synthetic concepts with ground truth, their toy ResNet, training and scores.
 
 One module per part: :mod:`.world` (the images and their scenes), :mod:`.model` (the toy ResNet,
-its layer of interest, the shipped checkpoint), :mod:`.training` (``train``) and
+its layer of interest, the shipped checkpoint), :mod:`.vit` (the toy ViT, likewise),
+:mod:`.training` (``train``, either architecture) and
 :mod:`.ground_truth` (which concept each reference holds, and scores against it) and
 :mod:`.causal` (causal labels: which object's removal lowers a neuron's activation most). Every public
 name is importable from ``puretools.toyworld`` directly.
@@ -28,6 +29,7 @@ from .model import (
     load_toy_model,
 )
 from .training import train
+from .vit import DEFAULT_VIT, VIT_LAYER, VIT_LOWER_LAYER, build_vit, load_toy_vit
 from .world import (
     CONCEPTS,
     IMAGE_SIZE,
@@ -42,6 +44,7 @@ __all__ = [
     "CONCEPTS",
     "DATA_DIR",
     "DEFAULT_STRIDES",
+    "DEFAULT_VIT",
     "DEFAULT_WIDTHS",
     "IMAGE_SIZE",
     "LAYER",
@@ -49,10 +52,13 @@ __all__ = [
     "MEAN",
     "SPLIT_SIZES",
     "STD",
+    "VIT_LAYER",
+    "VIT_LOWER_LAYER",
     "ToyResNet",
     "CausalEffects",
     "ToyWorld",
     "build_model",
+    "build_vit",
     "causal_concepts",
     "causal_effects",
     "clearest_two_concept_neuron",
@@ -63,6 +69,7 @@ __all__ = [
     "ground_truth_scores",
     "label_shares",
     "load_toy_model",
+    "load_toy_vit",
     "polysemantic_neurons",
     "reference_concepts",
     "train",

@@ -13,6 +13,7 @@ from torch import nn
 from ..checks import resolve_device
 from ..errors import PuretoolsError
 from ..forward import layer_output, prepare_model
+from ..layouts import Layout, check_token_reduce, layer_layout
 from ..reference_type import References, check_references
 from .ground_truth import dominant_concepts
 from .world import ToyWorld
@@ -34,7 +35,8 @@ class CausalEffects:
     indices : LongTensor [N, n_ref]
         Data-set index of every reference.
     activation : Tensor [N, n_ref]
-        The neuron's spatial max activation on the reference image.
+        The neuron's activation on the reference image: its spatial max (a token layer's max
+        over tokens, or as ``token_reduce`` says).
     without : Tensor [N, n_ref, 3]
         The same with the object in each slot removed (NaN where the slot holds no object).
     object_concepts : LongTensor [N, n_ref, 3]
@@ -80,6 +82,8 @@ def causal_effects(
     min_drop: float = MIN_DROP,
     batch_size: int = 512,
     device: str | torch.device | None = None,
+    token_reduce: str = "max",
+    layout: str | Layout | None = None,
 ) -> CausalEffects:
     """Render every reference image again without each of its objects and measure the neuron.
 
@@ -105,6 +109,12 @@ def causal_effects(
     batch_size : int
         Images per forward pass.
     device : str or torch.device, optional
+    token_reduce : {"max", "mean", "cls"}
+        How a token layer's neuron becomes one value per image (as in
+        :func:`puretools.collect_references`; default the max over all tokens). Spatial
+        layers always take the max.
+    layout : str or Layout, optional
+        The layer's layout (:func:`puretools.layouts.layer_layout`); detected by default.
 
     Returns
     -------
@@ -128,6 +138,7 @@ def causal_effects(
         )
     if not 0 < min_drop <= 1:
         raise PuretoolsError(f"min_drop must lie in (0, 1], got {min_drop}.")
+    check_token_reduce(token_reduce)
     idx, neurons = _neuron_rows(references, neurons, dataset, layer)
     device = resolve_device(device, model)
     model = prepare_model(model, device)
@@ -144,10 +155,11 @@ def causal_effects(
     for s in range(0, len(rows), batch_size):
         chunk = rows[s : s + batch_size]
         images = dataset._render_rows([u for u, _ in chunk], [d for _, d in chunk])
-        out = layer_output(model, layer, images.to(device)).float()
-        if out.ndim != 4:
-            raise PuretoolsError(f"Layer {layer!r} gives outputs of shape {tuple(out.shape)}; expected [B, C, H, W].")
-        maxima.append(out.flatten(2).amax(-1).cpu())
+        images = images.to(device)
+        if s == 0:
+            layout = layer_layout(model, layer, images[:2], layout)
+        out = layer_output(model, layer, images).float()
+        maxima.append(layout.reduce(out, token_reduce if layout.is_tokens else "max").cpu())
     maxima = torch.cat(maxima)  # [rows, C]
     full = maxima[: len(unique)]  # [U, C]
     variant_t = torch.from_numpy(variant)

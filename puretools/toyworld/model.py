@@ -160,6 +160,11 @@ def load_toy_model(path: str | os.PathLike | None = None) -> nn.Module:
             f"{str(path)!r} has no 'config' metadata: it was not written by toyworld.train."
         )
     config = json.loads(meta["config"])
+    if config.get("architecture", "ToyResNet") != "ToyResNet":
+        raise PuretoolsError(
+            f"{str(path)!r} holds a {config['architecture']}, not a toy ResNet: load it with "
+            "toyworld.load_toy_vit (or load_model('toy-vit', weights=path))."
+        )
     model = build_model(config["num_concepts"], config["widths"], config["strides"])
     model.load_state_dict(load_file(str(path)))
     return model.eval()

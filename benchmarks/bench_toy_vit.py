@@ -1,0 +1,250 @@
+"""PURE on the toy ViT's MLP neurons, scored against causal labels: the toy ResNet's protocol on a ViT.
+
+The shipped toy ViT (``load_model("toy-vit")``, a timm ``VisionTransformer``), its layer of
+interest ``toyworld.VIT_LAYER`` (the GELU of the last block's 8-neuron MLP, ``[B, 17, 8]``) and
+the residual stream below it (``toyworld.VIT_LOWER_LAYER``), on the toy world's test split:
+
+1. references: the top ``n_ref`` images of each neuron by its max over all tokens (CLS included);
+2. causal labels (``toyworld.causal_concepts``: the object whose removal lowers that max most,
+   when it halves it); natural polysemantic neurons: >= 2 concepts with >= 20 % of the labelled
+   references, k = their number (the protocol of ``bench_disentangle.py``, case ``natural``);
+3. circuits from the residual stream, summed over tokens: gradient (``circuit_attributions``,
+   checked against autograd by hand, :func:`circuits_by_autograd`; where the installed
+   puretools still reads tokens as channels, the autograd circuits are used and the run says
+   so) and LRP where the installed puretools has transformer rules;
+4. virtual neurons by k-means (``VirtualNeurons(seed=0)``) with k from the ground truth and with
+   k from the silhouette (``k="auto"``, k = 2..5); the activation baseline
+   (every neuron of the layer, mean over all tokens: :func:`token_mean_activations`) likewise;
+5. ARI of each clustering against the causal labels, references without one left out.
+
+Nothing here is tuned on the scores.
+
+Examples
+--------
+::
+
+    python benchmarks/bench_toy_vit.py --json benchmarks/results/toy_vit.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_circuits import machine_info, print_machine  # noqa: E402
+
+import puretools as pt  # noqa: E402
+from puretools import toyworld  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default=None,
+                   help="a toy ViT checkpoint written by `toy train --arch vit --out DIR` (default: the shipped one)")
+    p.add_argument("--n-ref", type=int, default=100, help="references per neuron (default 100)")
+    p.add_argument("--n-images", type=int, default=None, help="test images (default: the whole split, 3,000)")
+    p.add_argument("--min-share", type=float, default=0.2,
+                   help="share of the labelled references a concept needs to count for a neuron (default 0.2)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--json", default=None, help="write the results to this JSON file")
+    return p.parse_args(argv)
+
+
+def mean_ari(labels: torch.Tensor, truth: torch.Tensor) -> tuple[float, list[float]]:
+    per = [toyworld.ground_truth_scores(c, t)["ari"] for c, t in zip(labels, truth)]
+    return float(np.nanmean(per)), [round(a, 4) for a in per]
+
+
+def _images(data, indices: torch.Tensor) -> torch.Tensor:
+    return torch.stack([data[int(i)][0] for i in indices])
+
+
+def circuits_by_autograd(model, data, refs, neurons, batch_size: int = 100) -> torch.Tensor:
+    """Gradient circuits by their definition, one neuron at a time: Tensor [len(neurons), n_ref, dim].
+
+    The residual stream ``h`` entering the last block (``VIT_LOWER_LAYER``) is captured; the
+    block is run from it by hand (timm's ``Block``: ``x = h + attn(norm1(h))``, then
+    ``act(fc1(norm2(x)))``, the layer of interest); the backward pass starts from ``relu(a_k)``
+    on neuron k at every token, and the circuit is gradient x activation at ``h``, summed over
+    tokens and divided by its L1 norm.
+    """
+    block = model.blocks[-1]
+    lower = model.blocks[-2]  # VIT_LOWER_LAYER
+    out = []
+    for k in neurons:
+        rows = []
+        for s in range(0, refs.indices.shape[1], batch_size):
+            x = _images(data, refs.indices[k, s : s + batch_size])
+            store = {}
+            hook = lower.register_forward_hook(lambda m, i, o: store.__setitem__("h", o.detach()))
+            with torch.no_grad():
+                model(x)
+            hook.remove()
+            h = store["h"].clone().requires_grad_(True)  # [B, 17, dim]
+            a = block.mlp.act(block.mlp.fc1(block.norm2(h + block.attn(block.norm1(h)))))  # [B, 17, 8]
+            start = torch.zeros_like(a)
+            start[..., k] = a[..., k].detach().clamp(min=0)
+            (grad,) = torch.autograd.grad(a, h, start)
+            c = (grad * h).sum(1).detach()  # [B, dim]
+            rows.append(c / c.abs().sum(-1, keepdim=True).clamp(min=1e-12))
+        out.append(torch.cat(rows))
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def token_mean_activations(model, data, indices: torch.Tensor) -> torch.Tensor:
+    """The activation baseline's features: every neuron of the layer, mean over all tokens [N, n_ref, 8].
+
+    The ViT counterpart of ``activation_features``' spatial mean on a CNN.
+    """
+    flat = indices.flatten()
+    layer = f"blocks.{len(model.blocks) - 1}.mlp.act"  # VIT_LAYER
+    acts = torch.cat([pt.layer_output(model, layer, _images(data, flat[s : s + 500])).mean(1)
+                      for s in range(0, len(flat), 500)])  # fmt: skip
+    return acts.reshape(*indices.shape, -1)
+
+
+def run(args) -> dict:
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    info = machine_info(torch.device("cpu"))
+    print_machine(info)
+    print("command: python benchmarks/bench_toy_vit.py " + " ".join(sys.argv[1:]))
+    path = Path(args.weights) if args.weights else toyworld.DATA_DIR / "vit.safetensors"
+    record = json.loads((path.parent / "vit_record.json").read_text())
+    layer, lower = record["config"]["layer"], record["config"]["lower_layer"]  # VIT_LAYER, VIT_LOWER_LAYER
+    model = pt.load_model("toy-vit", weights=path)
+    data = toyworld.ToyWorld("test", n=args.n_images)
+    times, start = {}, time.perf_counter()
+
+    t = time.perf_counter()
+    refs = pt.collect_references(model, data, layer, n_ref=args.n_ref, progress=False)  # max over all tokens
+    times["references"] = time.perf_counter() - t
+    t = time.perf_counter()
+    causal = toyworld.causal_concepts(model, data, layer, refs)  # [8, n_ref]
+    times["causal_labels"] = time.perf_counter() - t
+    n_concepts = len(toyworld.CONCEPTS)
+    shares = toyworld.label_shares(causal, n_concepts)
+    natural = toyworld.polysemantic_neurons(refs, data.labels, min_share=args.min_share, concepts=causal)
+    ks = [int((shares[n] >= args.min_share).sum()) for n in natural]
+    # where the max sits: the CLS token or a patch token
+    with torch.no_grad():
+        images = _images(data, refs.indices.flatten())
+        acts = torch.cat([pt.layer_output(model, layer, images[s : s + 500])
+                          for s in range(0, len(images), 500)])  # [8 * n_ref, 17, 8]  # fmt: skip
+    neuron_of = torch.arange(refs.indices.shape[0]).repeat_interleave(refs.indices.shape[1])
+    argmax_token = acts[torch.arange(len(acts)), :, neuron_of].argmax(-1)
+    cls_share = [float((argmax_token[neuron_of == n] == 0).float().mean()) for n in range(refs.indices.shape[0])]
+
+    neurons_info = []
+    for n in range(refs.indices.shape[0]):
+        top = shares[n].argsort(descending=True)[:3]
+        neurons_info.append({
+            "neuron": n, "polysemantic": n in natural, "unlabelled": int((causal[n] < 0).sum()),
+            "max_at_cls": round(cls_share[n], 3),
+            "top_concepts": {toyworld.CONCEPTS[int(c)]: round(float(shares[n, c]), 3) for c in top if shares[n, c] > 0},
+        })  # fmt: skip
+    print(f"\nlayer {layer} ({refs.indices.shape[0]} neurons), lower layer {lower}; {len(data)} test images, "
+          f"{args.n_ref} references per neuron")
+    for row in neurons_info:
+        print(f"  neuron {row['neuron']}: {'polysemantic' if row['polysemantic'] else 'not polysemantic':17s} "
+              f"max at CLS {row['max_at_cls']:.0%}, unlabelled {row['unlabelled']:3d}, {row['top_concepts']}")
+    if not natural:
+        raise SystemExit("No polysemantic neuron by causal labels: nothing to split.")
+
+    methods: dict[str, torch.Tensor] = {}
+    t = time.perf_counter()
+    by_hand = circuits_by_autograd(model, data, refs, natural)  # the definition, per reference
+    times["circuits_by_autograd"] = time.perf_counter() - t
+    t = time.perf_counter()
+    try:
+        engine = pt.circuit_attributions(model, data, layer, lower, refs, neurons=natural, progress=False)
+    except pt.PuretoolsError as err:
+        print(f"circuit_attributions refused: {str(err).splitlines()[0][:200]}")
+        engine = torch.empty(0)
+    times["circuits_gradient"] = time.perf_counter() - t
+    if engine.shape == by_hand.shape:  # the engine sums over tokens: it must equal the definition
+        diff = float((engine - by_hand).abs().max())
+        print(f"circuit_attributions vs autograd by hand: max abs difference {diff:.1e}")
+        methods["PURE-gradient"] = engine
+    else:  # this puretools reads the tokens as channels: use the definition and say so
+        diff = None
+        print(f"circuit_attributions gives {tuple(engine.shape)}, not {tuple(by_hand.shape)} (no token "
+              "layouts in its circuits yet): PURE-gradient uses the circuits computed by autograd here")
+        methods["PURE-gradient"] = by_hand
+    try:
+        t = time.perf_counter()
+        lrp = pt.circuit_attributions(model, data, layer, lower, refs, neurons=natural, method="lrp", progress=False)
+        times["circuits_lrp"] = time.perf_counter() - t
+        if lrp.shape == by_hand.shape:
+            methods["PURE-LRP"] = lrp
+        else:
+            print("PURE-LRP left out: circuit_attributions(method='lrp') reads the tokens as channels here")
+    except Exception as err:  # e.g. no LRP rules for attention in this puretools
+        print(f"PURE-LRP left out: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+    by_hand_acts = token_mean_activations(model, data, refs.indices[natural])
+    acts_engine = pt.activation_features(model, data, layer, refs.indices[natural])
+    if acts_engine.shape == by_hand_acts.shape:
+        print(f"activation_features vs token mean by hand: max abs difference "
+              f"{float((acts_engine - by_hand_acts).abs().max()):.1e}")
+        methods["activations"] = acts_engine
+    else:
+        print(f"activation_features gives {tuple(acts_engine.shape)}: the baseline uses the token mean by hand")
+        methods["activations"] = by_hand_acts
+
+    truth = causal[natural]
+    scores = {}
+    for name, x in methods.items():
+        fixed = pt.VirtualNeurons(seed=0).fit(x, k=ks)
+        auto = pt.VirtualNeurons(seed=0).fit(x, k="auto")
+        ari_fixed, per_fixed = mean_ari(fixed.labels, truth)
+        ari_auto, per_auto = mean_ari(auto.labels, truth)
+        scores[name] = {"ari_ground_truth_k": round(ari_fixed, 4), "per_neuron_ground_truth_k": per_fixed,
+                        "ari_silhouette_k": round(ari_auto, 4), "per_neuron_silhouette_k": per_auto,
+                        "silhouette_k": [int(k) for k in auto.ks]}  # fmt: skip
+    wall = time.perf_counter() - start
+    print(f"\npolysemantic neurons {natural} (k {ks}); {int((truth < 0).sum())} of {truth.numel()} references "
+          "without a causal label (left out)")
+    print(f"{'method':15s}{'ARI, k = ground truth':>24s}{'ARI, k = silhouette':>22s}   silhouette k")
+    for name, s in scores.items():
+        print(f"{name:15s}{s['ari_ground_truth_k']:24.2f}{s['ari_silhouette_k']:22.2f}   {s['silhouette_k']}")
+    for name, s in scores.items():
+        print(f"  {name} per neuron (k = ground truth): {s['per_neuron_ground_truth_k']}")
+    print(f"\nwall time {wall:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in times.items())}); "
+          f"load average (1 min) at end: {os.getloadavg()[0]:.2f}")
+    result = {
+        "benchmark": "bench_toy_vit", "argv": sys.argv[1:], "machine": info,
+        "load_avg_1min_end": round(os.getloadavg()[0], 2), "wall_s": round(wall, 1),
+        "times_s": {k: round(v, 1) for k, v in times.items()},
+        "model": {"sha256": record["sha256"], "config": record["config"],
+                  "exact_match_accuracy": record["exact_match_accuracy"], "macro_f1": record["macro_f1"],
+                  "mean_per_concept_accuracy": record["mean_per_concept_accuracy"]},  # fmt: skip
+        "layer": layer, "lower_layer": lower, "n_ref": args.n_ref, "n_images": len(data),
+        "min_share": args.min_share, "neurons": neurons_info, "natural_neurons": natural, "natural_k": ks,
+        "unlabelled": int((truth < 0).sum()), "scores": scores,
+        "circuits_engine_vs_autograd_max_abs_diff": diff,
+    }
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return result
+
+
+def main(argv=None) -> int:
+    run(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
