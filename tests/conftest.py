@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from notebook_runs import NotebookRuns
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -59,3 +60,10 @@ def small_images():
 def vgg():
     torch.manual_seed(0)
     return randomize_batchnorm(SmallVGG()).eval()
+
+
+@pytest.fixture(scope="session")
+def notebook_run():
+    """``notebook_run("06")``: that notebook executed once this session (see notebook_runs.py)."""
+    return NotebookRuns()
+
