@@ -35,6 +35,7 @@ from .patches import (
     reference_patches,
     relevance_map,
 )
+from .pipeline import Pipeline
 from .planted import class_activation_units, plant_neurons, planted_sources
 from .plots import (
     patch_grid,
@@ -61,6 +62,7 @@ __all__ = [
     "DistanceTable",
     "Embedder",
     "MeanSem",
+    "Pipeline",
     "PuretoolsError",
     "References",
     "VirtualNeurons",

@@ -24,6 +24,7 @@ from .subnet import Precision, _precision_context, memory_plan, subnetwork, tf32
 # memory_plan, subnetwork and tf32_matmuls live in .subnet (the part of the model between the layers)
 __all__ = ["circuit_attributions", "memory_plan", "normalize_circuits", "subnetwork", "tf32_matmuls"]
 
+#: Attribution rule of circuits and heatmaps: gradient x activation (PURE) or LRP (CRP). Defined once, here.
 Method = Literal["gradient", "lrp"]
 
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from .circuits import circuit_attributions
+from .circuits import Method, circuit_attributions
 from .errors import PuretoolsError
 from .models import get_module, lrp_composite
 from .references import (
@@ -39,9 +38,6 @@ __all__ = [
     "virtual_conditions",
     "virtual_heatmaps",
 ]
-
-Method = Literal["gradient", "lrp"]
-
 
 def _check_fitted(vn: VirtualNeurons) -> None:
     if not isinstance(vn, VirtualNeurons):
