@@ -1,11 +1,12 @@
 # The two commands: `make demo` runs the notebooks on the toy world and writes
 # HTML to build/; `make test` runs the whole test suite. Both create .venv when missing.
+# While working: `make test-fast` (unit tests and doctests: no notebooks, browser or subprocesses).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.puretools-installed
 
-.PHONY: install test demo lint clean chromium
+.PHONY: install test test-fast demo lint clean chromium
 
 install: $(STAMP)
 
@@ -16,6 +17,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP) chromium
 	$(PY) -m pytest
+
+FAST := not slow and not notebook and not browser and not subprocess and not distributed
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "$(FAST)"
 
 # The browser test drives JupyterLab in Debian's Chromium (Playwright never downloads a browser).
 chromium:

@@ -1,9 +1,9 @@
 """The whole toy-world PURE pipeline, timed stage by stage (target: <= 30 s on 2 CPU cores).
 
-Stages: load the shipped toy model; generate the ToyWorld test split; collect the top-n_ref
-references of every channel of ``toyworld.LAYER``; circuits of every neuron of that layer
-from ``toyworld.LOWER_LAYER``; virtual neurons (``puretools.VirtualNeurons``, k-means with
-k=2 by default, or ``--k auto``) for every neuron. The target counts collection + circuits +
+Stages: load the shipped toy model; generate the ToyWorld test split; then ``puretools.Pipeline``
+with the library's defaults: the top-n_ref references of every channel of ``toyworld.LAYER``;
+circuits of every neuron of that layer from ``toyworld.LOWER_LAYER``; virtual neurons (k-means
+with k=2 by default, or ``--k auto``) for every neuron. The target counts collection + circuits +
 clustering; the table also shows the total with model loading and data generation.
 
 An untimed check compares the circuits of two neurons with zennit-crp's CondAttribution
@@ -103,22 +103,23 @@ def run(args: argparse.Namespace) -> dict | None:
     n_ref = min(args.n_ref, len(dataset))
     print(f"data: {desc}; layer {layer!r} <- {lower!r}, n_ref {n_ref}, k={args.k}")
 
+    k = args.k if args.k == "auto" else int(args.k)
+    pipe = pt.Pipeline(model, dataset, layer, lower, n_ref=n_ref, k=k, device=device)  # the library's defaults
     with Measure(device) as m:
-        refs = pt.collect_references(model, dataset, layer, n_ref=n_ref, device=device, progress=False)
-    stages.append((f"collect_references ({len(dataset)} images)", m.wall, m.cpu))
+        refs = pipe.references()
+    stages.append((f"references ({len(dataset)} images)", m.wall, m.cpu))
     busies.append(m.busy())
     with warnings.catch_warnings(record=True) as caught, Measure(device) as m:
         warnings.simplefilter("always", RuntimeWarning)
-        circuits = pt.circuit_attributions(model, dataset, layer, lower, refs, device=device, progress=False)
+        circuits = pipe.circuits()
     dead = [str(w.message) for w in caught if "dead" in str(w.message)]
-    stages.append((f"circuit_attributions ({refs.n_channels} neurons x {n_ref})", m.wall, m.cpu))
+    stages.append((f"circuits ({refs.n_channels} neurons x {n_ref}, {pipe.method})", m.wall, m.cpu))
     busies.append(m.busy())
-    k = args.k if args.k == "auto" else int(args.k)
-    fit_on = circuits if args.fit_neurons is None else circuits[: args.fit_neurons]
+    fit_neurons = None if args.fit_neurons is None else list(range(min(args.fit_neurons, refs.n_channels)))
     with warnings.catch_warnings(), Measure(device) as m:
         warnings.simplefilter("ignore")  # scikit-learn's ConvergenceWarning on dead (all-zero) neurons
-        vn = pt.VirtualNeurons(seed=0).fit(fit_on, k=k)
-    stages.append((f"VirtualNeurons.fit ({len(fit_on)} neurons, k={args.k})", m.wall, m.cpu))
+        vn = pipe.virtual_neurons(neurons=fit_neurons)
+    stages.append((f"virtual neurons ({len(vn.ks)} neurons, k={args.k})", m.wall, m.cpu))
     busies.append(m.busy())
 
     pipeline_s = sum(s[1] for s in stages[1:])

@@ -45,6 +45,7 @@ from .patches import (
     reference_patches,
     relevance_map,
 )
+from .pipeline import Pipeline
 from .planted import class_activation_units, plant_neurons, planted_sources
 from .plots import (
     patch_grid,
@@ -76,6 +77,7 @@ __all__ = [
     "MeanSem",
     "PAPER_CORRELATIONS",
     "PAPER_DISTANCES",
+    "Pipeline",
     "PuretoolsError",
     "Layout",
     "References",

@@ -17,12 +17,11 @@ from safetensors.torch import save_file
 from . import distributed, toyworld
 from ._version import __version__
 from .checks import resolve_device
-from .circuits import circuit_attributions
 from .config import cache_dir
 from .data import load_dataset
 from .errors import PuretoolsError
 from .models import load_model
-from .references import collect_references
+from .pipeline import DEFAULT_METHOD, DEFAULT_N_REF, Pipeline
 from .resources import notebook_files, resource_path
 
 __all__ = ["cli_message", "main"]
@@ -117,7 +116,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=_positive_int, default=224,
                    help="image size for folders: resize and centre-crop to this (default 224)")
     p.add_argument("--layer", default=None, help="layer of interest (default: the model's, e.g. layer4)")
-    p.add_argument("--n-ref", type=_positive_int, default=100, help="reference samples per neuron (default 100)")
+    p.add_argument("--n-ref", type=_positive_int, default=DEFAULT_N_REF,
+                   help=f"reference samples per neuron (default {DEFAULT_N_REF})")
     p.add_argument("--batch-size", type=_positive_int, default=64,
                    help="images per forward pass when collecting references (default 64)")
     p.add_argument("--workers", type=int, default=0,
@@ -154,6 +154,17 @@ def _setup(args):
     return model, dataset, layer, lower, device
 
 
+def _pipeline(args):
+    """The :class:`puretools.Pipeline` of the command's options (the same defaults as the library's)."""
+    model, dataset, layer, lower, device = _setup(args)
+    return Pipeline(
+        model, dataset, layer, lower, n_ref=args.n_ref, method=getattr(args, "method", DEFAULT_METHOD),
+        batch_size=args.batch_size, pair_batch_size=getattr(args, "pair_batch_size", None),
+        max_memory=getattr(args, "max_memory", None), precision=getattr(args, "precision", "float32"),
+        device=device, num_workers=args.workers, cache_dir=args.cache_dir, progress=True,
+    )
+
+
 def _say(message: str) -> None:
     if distributed.rank() == 0:
         print(message, flush=True)
@@ -181,12 +192,10 @@ def _metadata(args, layer: str, **more) -> dict:
 
 
 def _collect(args) -> None:
-    model, dataset, layer, _, device = _setup(args)
+    pipe = _pipeline(args)
     t = time.perf_counter()
-    refs = collect_references(
-        model, dataset, layer, n_ref=args.n_ref, batch_size=args.batch_size,
-        device=device, num_workers=args.workers, cache_dir=args.cache_dir,
-    )
+    refs = pipe.references()
+    layer = pipe.layer
     _say(f"references: {tuple(refs.indices.shape)} at {layer} in {time.perf_counter() - t:.1f} s "
          f"(cached in {args.cache_dir})")
     if args.out is not None:
@@ -195,18 +204,11 @@ def _collect(args) -> None:
 
 
 def _attribute(args) -> None:
-    model, dataset, layer, lower, device = _setup(args)
-    refs = collect_references(
-        model, dataset, layer, n_ref=args.n_ref, batch_size=args.batch_size,
-        device=device, num_workers=args.workers, cache_dir=args.cache_dir,
-    )
+    pipe = _pipeline(args)
+    refs, layer, lower = pipe.references(), pipe.layer, pipe.lower_layer
     neurons = args.neurons
     t = time.perf_counter()
-    circuits = circuit_attributions(
-        model, dataset, layer, lower, refs, neurons=neurons, method=args.method,
-        batch_size=args.pair_batch_size, max_memory=args.max_memory, device=device, precision=args.precision,
-        cache_dir=args.cache_dir, num_workers=args.workers,
-    )
+    circuits = pipe.circuits(neurons)
     _say(f"circuits: {tuple(circuits.shape)} ({lower} <- {layer}, {args.method}) in "
          f"{time.perf_counter() - t:.1f} s (cached in {args.cache_dir})")
     if args.out is not None:
@@ -264,9 +266,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--lower-layer", default=None, help="the layer below --layer (default: e.g. layer3)")
     p.add_argument("--neurons", type=_neurons, default=None, help="comma-separated neuron indices (default: all)")
-    p.add_argument("--method", choices=("gradient", "lrp"), default="gradient",
+    p.add_argument("--method", choices=("gradient", "lrp"), default=DEFAULT_METHOD,
                    help="'gradient': gradient x activation, as the PURE code; 'lrp': zennit's EpsilonPlusFlat "
-                        "with the model's canonizers, as CRP (default: gradient)")
+                        f"with the model's canonizers, as CRP (default: {DEFAULT_METHOD})")
     p.add_argument("--precision", choices=("float32", "tf32", "bfloat16"), default="float32",
                    help="'tf32' and 'bfloat16' are faster on GPUs and less exact (default: float32)")
     p.add_argument("--pair-batch-size", type=_positive_int, default=None,

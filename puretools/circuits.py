@@ -42,6 +42,7 @@ __all__ = [
     "tf32_matmuls",
 ]
 
+#: Attribution rule of circuits and heatmaps: gradient x activation (PURE) or LRP (CRP). Defined once, here.
 Method = Literal["gradient", "lrp"]
 
 

@@ -36,6 +36,7 @@ from torch import nn
 from . import toyworld
 from .circuits import circuit_attributions
 from .models import get_module
+from .pipeline import Pipeline
 from .planted import class_activation_units, plant_neurons, planted_sources
 from .reference_type import References
 from .references import collect_references
@@ -207,7 +208,7 @@ def compare_on_toy(
     layer, lower = toyworld.LAYER, toyworld.LOWER_LAYER
     times = {}
     start = time.perf_counter()
-    refs = collect_references(model, dataset, layer, n_ref=n_ref, progress=False)
+    refs = Pipeline(model, dataset, layer, lower, n_ref=n_ref).references()
     causal = toyworld.causal_concepts(model, dataset, layer, refs)  # [C, n_ref]
     n_concepts = len(toyworld.CONCEPTS)
     shares = toyworld.label_shares(causal, n_concepts)

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from . import toyworld
-from .circuits import circuit_attributions
+from .circuits import Method
 from .errors import PuretoolsError
 from .models import load_model
-from .references import collect_references
-from .virtual import VirtualNeurons, activation_features
+from .pipeline import DEFAULT_K, DEFAULT_METHOD, Pipeline
+from .virtual import VirtualNeurons
 
 __all__ = [
     "ToyEvaluation",
@@ -416,8 +416,8 @@ class ToyEvaluation:
 
 
 def evaluate_toy_world(
-    k: int = 2,
-    method: str = "gradient",
+    k: int = DEFAULT_K,
+    method: Method = DEFAULT_METHOD,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = False,
 ) -> ToyEvaluation:
@@ -426,10 +426,20 @@ def evaluate_toy_world(
     Loads the shipped toy model and the test split, takes the ground-truth polysemantic
     neurons of ``LAYER`` (by causal labels, :func:`puretools.toyworld.causal_concepts`),
     clusters their references into ``k`` virtual neurons with PURE (circuits from
-    ``LOWER_LAYER``), the activation baseline and k-means in the evaluation space itself (the
-    ground-truth upper bound), and measures intra/inter distances and the distance correlation
-    in the space of the references' multi-hot concept vectors, and the ARI of each clustering
-    against the causal labels (references without one left out).
+    ``LOWER_LAYER``, by :class:`puretools.Pipeline` with its defaults), the activation baseline
+    and k-means in the evaluation space itself (the ground-truth upper bound), and measures
+    intra/inter distances and the distance correlation in the space of the references'
+    multi-hot concept vectors, and the ARI of each clustering against the causal labels
+    (references without one left out).
+
+    Parameters
+    ----------
+    k : int
+        Virtual neurons per neuron.
+    method : {"gradient", "lrp"}
+        Attribution rule of the circuits.
+    cache_dir : path or None
+    progress : bool
 
     Returns
     -------
@@ -437,21 +447,20 @@ def evaluate_toy_world(
         ``.neurons``, ``.table`` (:class:`DistanceTable`), ``.correlations`` and ``.ari``
         (mean and standard error over the neurons, per method).
     """
-    model = load_model("toy")
     data = toyworld.ToyWorld(split="test")
-    refs = collect_references(model, data, toyworld.LAYER, n_ref=100, cache_dir=cache_dir, progress=progress)
-    causal = toyworld.causal_concepts(model, data, toyworld.LAYER, refs)  # [channels, n_ref], -1: no single cause
+    pipe = Pipeline(load_model("toy"), data, toyworld.LAYER, toyworld.LOWER_LAYER, method=method, k=k,
+                    cache_dir=cache_dir, progress=progress)
+    refs = pipe.references()
+    causal = toyworld.causal_concepts(pipe.model, data, toyworld.LAYER, refs)  # [channels, n_ref], -1: no single cause
     neurons = toyworld.polysemantic_neurons(refs.indices, data.labels, concepts=causal)
     if not neurons:
         raise PuretoolsError("The toy model has no polysemantic neuron to evaluate.")
-    circuits = circuit_attributions(model, data, toyworld.LAYER, toyworld.LOWER_LAYER, refs, neurons=neurons,
-                                    method=method, cache_dir=cache_dir, progress=progress)
-    acts = activation_features(model, data, toyworld.LAYER, refs, neurons=neurons)
+    circuits, acts = pipe.circuits(neurons), pipe.activations(neurons)
     space = data.labels[refs.indices[neurons]].float()
     labels = {
-        "PURE": VirtualNeurons(seed=0).fit(circuits, k=k).labels,
-        "activations": VirtualNeurons(seed=0).fit(acts, k=k).labels,
-        "ground truth": VirtualNeurons(seed=0).fit(space, k=k).labels,
+        "PURE": pipe.virtual_neurons(k, neurons).labels,
+        "activations": VirtualNeurons(seed=pipe.seed).fit(acts, k=k).labels,
+        "ground truth": VirtualNeurons(seed=pipe.seed).fit(space, k=k).labels,
     }
     table = evaluate_clusterings(space, labels, space="ground-truth concepts")
     correlations = distance_correlation(space, {"PURE": circuits, "activations": acts},

@@ -11,14 +11,13 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from .checks import check_images, resolve_device
-from .circuits import circuit_attributions
+from .circuits import Method, circuit_attributions
 from .errors import PuretoolsError
 from .forward import capture_output, collate_images, forward_to, prepare_model
 from .layouts import Layout, TokenReduce, layer_layout
@@ -34,9 +33,6 @@ __all__ = [
     "virtual_conditions",
     "virtual_heatmaps",
 ]
-
-Method = Literal["gradient", "lrp"]
-
 
 def _check_fitted(vn: VirtualNeurons) -> None:
     if not isinstance(vn, VirtualNeurons):

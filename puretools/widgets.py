@@ -1,32 +1,22 @@
-"""The interactive explorer: sliders for the neuron and k over precomputed, tested pieces."""
+"""The interactive explorer: sliders for the neuron and k over precomputed, tested pieces.
+
+It only draws: :func:`prepare_explorer` and :class:`ExplorerData` (re-exported here) compute,
+in :mod:`puretools.explore`.
+"""
 
 from __future__ import annotations
 
 import base64
 import io
-import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from torch import nn
-from torch.utils.data import Dataset
-from tqdm.auto import tqdm
+import torch  # noqa: F401  (the doctests use it)
 
-from .circuits import circuit_attributions
-from .data import denormalize as imagenet_denormalize
 from .errors import PuretoolsError
 from .evaluate import cluster_distances
-from .forward import collate_images
-from .layouts import Layout, layer_layout
-from .patches import patches_from_heatmaps, reference_heatmaps
-from .plots import cluster_colors, patch_grid, plot_umap, umap_embedding
-from .polysemanticity import polysemanticity_scores
-from .reference_type import References
-from .routing import conditional_heatmaps, partition_conditions
-from .toyworld import dominant_concepts, ground_truth_scores
-from .virtual import activation_features, kmeans_labels
+from .explore import METHODS, ExplorerData, VirtualHeatmapView, prepare_explorer
+from .plots import cluster_colors, patch_grid, plot_umap
+from .toyworld import ground_truth_scores
 
 __all__ = [
     "Explorer",
@@ -39,224 +29,8 @@ __all__ = [
     "prepare_explorer",
 ]
 
-METHODS = ("PURE", "activations")
 PATCH_MODES = {"cropped": "crop", "masked": "mask"}
 VIEWS = ("patches", "virtual heatmaps")
-
-
-@dataclass(frozen=True)
-class VirtualHeatmapView:
-    """Precomputed heatmaps of one neuron's PURE virtual neurons at one k.
-
-    Attributes
-    ----------
-    members : list of int
-        Reference rank (0 = most activating) of the image shown for each virtual neuron: its
-        most activating member.
-    images : Tensor [k, 3, H, W]
-        Those images, values in [0, 1].
-    full : Tensor [k, H, W]
-        The whole neuron's heatmap of each image.
-    virtual : Tensor [k, k, H, W]
-        ``virtual[j, i]``: heatmap of virtual neuron j on image i
-        (:func:`puretools.virtual_heatmaps`; they sum to ``full`` over j).
-    """
-
-    members: list[int]
-    images: torch.Tensor
-    full: torch.Tensor
-    virtual: torch.Tensor
-
-
-@dataclass
-class ExplorerData:
-    """Everything the explorer shows, precomputed for ``neurons`` (ranked, most polysemantic first).
-
-    Arrays are indexed by position in ``neurons``: ``features["PURE"][i]`` are the circuits of
-    neuron ``neurons[i]``, shape [n_ref, C_lower].
-
-    Attributes
-    ----------
-    neurons : list of int
-    scores : list of float
-        Polysemanticity score of each neuron (higher: splits more clearly into two groups).
-    features : dict str -> Tensor [N, n_ref, D]
-        ``"PURE"`` (circuits) and ``"activations"`` (spatial mean activations of the layer).
-    patches : dict str -> Tensor [N, n_ref, 3, s, s]
-        ``"crop"`` and ``"mask"`` reference patches, values in [0, 1].
-    umap : dict str -> ndarray [N, n_ref, 2]
-        2-D UMAP of each method's features, per neuron.
-    concepts : LongTensor [N, n_ref] or None
-        Ground-truth concept of each reference (toy world), for ARI and purity.
-    concept_names : list of str or None
-    eval_space : Tensor [N, n_ref, D] or None
-        Embeddings for the intra/inter-cluster distances.
-    heatmaps : dict (position, k) -> VirtualHeatmapView
-        Heatmaps of the PURE virtual neurons (empty if not precomputed).
-    """
-
-    neurons: list[int]
-    scores: list[float]
-    features: dict[str, torch.Tensor]
-    patches: dict[str, torch.Tensor]
-    umap: dict[str, np.ndarray]
-    concepts: torch.Tensor | None = None
-    concept_names: list[str] | None = None
-    eval_space: torch.Tensor | None = None
-    heatmaps: dict[tuple[int, int], VirtualHeatmapView] = field(default_factory=dict)
-    _labels: dict[tuple[int, str, int], np.ndarray] = field(default_factory=dict, repr=False)
-
-    def labels(self, position: int, method: str, k: int, seed: int = 0) -> np.ndarray:
-        """Virtual-neuron labels of the neuron at ``position`` (memoised k-means)."""
-        if method not in self.features:
-            raise PuretoolsError(f"method must be one of {list(self.features)}, not {method!r}.")
-        key = (position, method, k)
-        if key not in self._labels:
-            x = self.features[method][position].double().numpy()
-            self._labels[key] = kmeans_labels(x, k, seed=seed)[0]
-        return self._labels[key]
-
-
-def prepare_explorer(
-    model: nn.Module,
-    dataset: Dataset,
-    layer: str,
-    lower_layer: str,
-    references: References,
-    neurons: Sequence[int] | None = None,
-    concept_labels: torch.Tensor | None = None,
-    concept_names: Sequence[str] | None = None,
-    eval_space: torch.Tensor | None = None,
-    denormalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    patch_size: int = 32,
-    umap: bool = True,
-    max_k: int = 5,
-    seed: int = 0,
-    cache_dir: str | os.PathLike | None = None,
-    progress: bool = True,
-    heatmaps: bool = True,
-    heatmap_method: str = "lrp",
-    layout: str | Layout | None = None,
-    lower_layout: str | Layout | None = None,
-) -> ExplorerData:
-    """Compute circuits, activations, patches, UMAPs and the ranking the explorer needs.
-
-    Parameters
-    ----------
-    model, dataset, layer, lower_layer, references
-        As for :func:`puretools.circuit_attributions`.
-    neurons : sequence of int or None
-        Neurons to explore (None: all channels of ``layer``).
-    concept_labels : Tensor [len(dataset), n_concepts] or None
-        Multi-hot ground truth (toy world); enables ARI / purity and the ranking by
-        ground-truth polysemanticity.
-    concept_names : sequence of str or None
-    eval_space : Tensor [N, n_ref, D] or None
-        Embeddings of the references (e.g. CLIP) for distances and the ranking; default:
-        the concept vectors when ``concept_labels`` is given, else the circuits.
-    denormalize : callable or None
-        Maps data-set images to [0, 1] for display (default: ImageNet statistics).
-    patch_size : int
-        Side of the patches shown.
-    umap : bool
-        Compute UMAP embeddings (else PCA, which is instant).
-    max_k : int
-        Clusterings for k = 1..max_k are computed up front, for both methods.
-    heatmaps : bool
-        Precompute the virtual-neuron heatmaps view: for every neuron and k, the most
-        activating reference of each PURE virtual neuron with the heatmap of every virtual
-        neuron on it (:func:`puretools.virtual_heatmaps`; k x (k + 1) rows of one batched
-        pass per neuron and k).
-    heatmap_method : {"lrp", "gradient"}
-    layout, lower_layout : str, Layout or None
-        The layouts of ``layer`` and ``lower_layer`` (:func:`puretools.layouts.layer_layout`);
-        None: found from the model (transformer layers: tokens).
-    """
-    if denormalize is None:
-        denormalize = imagenet_denormalize
-    n_channels = references.n_channels
-    neurons = list(range(n_channels)) if neurons is None else [int(n) for n in neurons]
-    circuits = circuit_attributions(
-        model, dataset, layer, lower_layer, references, neurons=neurons, cache_dir=cache_dir, progress=progress,
-        layout=layout, lower_layout=lower_layout,
-    )
-    acts = activation_features(model, dataset, layer, references, neurons=neurons, layout=layout)
-    idx = references.indices[neurons]  # [N, R]
-    concepts = None
-    if concept_labels is not None:
-        concepts = torch.stack([dominant_concepts(concept_labels[row]) for row in idx])
-        if eval_space is None:
-            eval_space = concept_labels[idx].float()
-    heat = reference_heatmaps(model, dataset, layer, references, neurons, batch_size=256, cache_dir=cache_dir,
-                              layout=layout)  # fmt: skip
-    images = denormalize(collate_images([dataset[int(i)] for i in idx.reshape(-1)]))
-    flat_heat = heat.reshape(-1, *heat.shape[-2:])
-    patches = {
-        mode: patches_from_heatmaps(images, flat_heat, mode=mode, size=patch_size).reshape(
-            *idx.shape, 3, patch_size, patch_size
-        )
-        for mode in ("crop", "mask")
-    }
-    features = {"PURE": circuits, "activations": acts}
-    rank_space = eval_space if eval_space is not None else circuits
-    scores = polysemanticity_scores(rank_space, k=2, seed=seed)
-    order = sorted(range(len(neurons)), key=lambda i: -np.nan_to_num(float(scores[i]), nan=-np.inf))
-    coords = {}
-    for method, feats in features.items():
-        coords[method] = np.stack(
-            [
-                _project(feats[i], umap, seed)
-                for i in tqdm(order, desc=f"2-D map of {method}", disable=not progress)
-            ]
-        )
-    data = ExplorerData(
-        neurons=[neurons[i] for i in order],
-        scores=[float(scores[i]) for i in order],
-        features={m: f[order] for m, f in features.items()},
-        patches={m: p[order] for m, p in patches.items()},
-        umap=coords,
-        concepts=None if concepts is None else concepts[order],
-        concept_names=None if concept_names is None else list(concept_names),
-        eval_space=None if eval_space is None else torch.as_tensor(eval_space)[order],
-    )
-    n_ref = references.n_ref
-    for position in range(len(neurons)):  # every slider position's clustering, so updates only draw
-        for method in METHODS:
-            for k in range(1, min(max_k, n_ref) + 1):
-                data.labels(position, method, k, seed=seed)
-    if heatmaps:
-        example = collate_images([dataset[0]]).to(next((p.device for p in model.parameters()), "cpu"))
-        layouts = (layer_layout(model, layer, example, layout), layer_layout(model, lower_layer, example, lower_layout))
-        for position in tqdm(range(len(neurons)), desc="virtual heatmaps", disable=not progress):
-            _precompute_heatmaps(data, position, model, dataset, layer, lower_layer,
-                                 idx[order[position]], min(max_k, n_ref), denormalize, heatmap_method,
-                                 layouts)  # fmt: skip
-    return data
-
-
-def _precompute_heatmaps(data: ExplorerData, position: int, model: nn.Module, dataset: Dataset, layer: str,
-                         lower_layer: str, ref_idx: torch.Tensor, max_k: int, denormalize, method: str,
-                         layouts: tuple[Layout, Layout] | None = None) -> None:  # fmt: skip
-    """The heatmap views of one neuron for k = 1..max_k: k images x (k conditions + none) per k."""
-    circuits = data.features["PURE"][position].float()
-    for k in range(1, max_k + 1):
-        labels = torch.from_numpy(data.labels(position, "PURE", k))
-        centroids = torch.stack([circuits[labels == j].mean(0) for j in range(k)])  # k-means centres
-        members = [int(torch.nonzero(labels == j)[0]) for j in range(k)]  # references are best first
-        images = collate_images([dataset[int(ref_idx[m])] for m in members])
-        heat, full = conditional_heatmaps(model, images, layer, lower_layer, data.neurons[position],
-                                          partition_conditions(centroids), method=method,
-                                          layout=layouts and layouts[0], lower_layout=layouts and layouts[1])  # fmt: skip
-        data.heatmaps[(position, k)] = VirtualHeatmapView(members, denormalize(images).clamp(0, 1), full, heat)
-
-
-def _project(features: torch.Tensor, use_umap: bool, seed: int) -> np.ndarray:
-    x = features.double().numpy()
-    if use_umap:
-        return umap_embedding(x, seed=seed)
-    x = x - x.mean(0)
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    return x @ vt[:2].T
 
 
 def explorer_scores(data: ExplorerData, position: int, k: int, method: str) -> dict[str, float]:

@@ -4,10 +4,13 @@ import os
 
 import pytest
 import torch
+from notebook_runs import NotebookRuns
 from torch import nn
 from torch.utils.data import TensorDataset
 
 import puretools as pt
+from puretools import toyworld
+from puretools.config import cache_dir
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -59,3 +62,19 @@ def small_images():
 def vgg():
     torch.manual_seed(0)
     return randomize_batchnorm(SmallVGG()).eval()
+
+
+@pytest.fixture(scope="session")
+def notebook_run():
+    """``notebook_run("06")``: that notebook executed once this session (see notebook_runs.py)."""
+    return NotebookRuns()
+
+
+@pytest.fixture(scope="session")
+def toy_pipeline():
+    """The shipped toy model on the whole test split, as the notebooks use it: a Pipeline with the
+    library's defaults (n_ref 100, gradient circuits) caching in the session's temporary cache,
+    which the notebooks and evaluate_toy_world read. References and circuits are computed once
+    per session, on first use."""
+    return pt.Pipeline(pt.load_model("toy"), toyworld.ToyWorld("test"), toyworld.LAYER, toyworld.LOWER_LAYER,
+                       cache_dir=cache_dir())

@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 NUMBER = r"([0-9.]+(?:e[+-]?[0-9]+)?)"
 
+pytestmark = pytest.mark.subprocess  # every test runs a benchmark script in its own process
+
 
 def run_script(name, *args, timeout=120):
     # one thread: on a busy 2-core machine two OpenMP threads can be 20x slower

@@ -37,6 +37,7 @@ def kill_when(proc, pattern_dir, pattern, timeout=120):
     raise AssertionError("no checkpoint appeared")
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("what, partial", [("references", "references-partial-*"), ("circuits", "circuits-partial-*")])
 def test_killed_run_resumes_to_identical_result(tmp_path, what, partial):
     clean = worker(what, tmp_path / "clean", tmp_path / "clean.safetensors")
@@ -56,6 +57,7 @@ def test_killed_run_resumes_to_identical_result(tmp_path, what, partial):
     assert not list((tmp_path / "cache").glob("*-partial-*"))  # checkpoints are removed when done
 
 
+@pytest.mark.subprocess
 def test_determinism_across_processes(tmp_path):
     outs = []
     for i in range(2):
@@ -82,6 +84,7 @@ cache.save_cached(sys.argv[1], "references", "k" * 64, {"x": torch.zeros(3)})
 """
 
 
+@pytest.mark.subprocess
 def test_kill_during_cache_write_keeps_previous_cache(tmp_path):
     cache.save_cached(tmp_path, "references", "k" * 64, {"x": torch.arange(3.0)})
     proc = subprocess.run([sys.executable, "-c", KILL_DURING_WRITE, str(tmp_path)])
@@ -238,6 +241,7 @@ def test_composites_with_other_parameters_are_other_entries(tmp_path, vgg, small
     assert len(list(tmp_path.glob("heatmaps-*.safetensors"))) == 2
 
 
+@pytest.mark.subprocess
 def test_composite_fingerprint_is_stable_across_processes():
     code = ("from zennit.composites import EpsilonGammaBox; from zennit.torchvision import ResNetCanonizer; "
             "from puretools import cache; "
@@ -356,6 +360,7 @@ pt.collect_references(model, data, "1", n_ref=5, batch_size=8, checkpoint_every=
 """
 
 
+@pytest.mark.subprocess
 def test_kill_during_final_write_leaves_no_temp_file_after_the_next_run(tmp_path):
     proc = subprocess.run([sys.executable, "-c", KILL_DURING_FINAL_WRITE, str(tmp_path)], cwd=HERE)
     assert proc.returncode == -signal.SIGKILL

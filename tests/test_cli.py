@@ -148,6 +148,8 @@ def torchrun(*args, timeout=240):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+@pytest.mark.subprocess
+@pytest.mark.distributed
 def test_torchrun_writes_the_one_process_file(tmp_path, one_thread):
     """The issue's check: torchrun --nproc_per_node 2 -m puretools attribute --model toy --data toy:test."""
     common = ["attribute", "--model", "toy", "--data", "toy:test", "--device", "cpu"]
@@ -161,6 +163,8 @@ def test_torchrun_writes_the_one_process_file(tmp_path, one_thread):
     assert sorted(p.name for p in (tmp_path / "c2").iterdir()) == sorted(p.name for p in (tmp_path / "c1").iterdir())
 
 
+@pytest.mark.subprocess
+@pytest.mark.distributed
 def test_a_failing_rank_stops_torchrun_with_a_clear_message(tmp_path):
     root = pt.data.make_image_folder(tmp_path / "imgs", n=8, size=32)
     files = sorted(root.rglob("*.jpg"), key=lambda p: (p.parent.name, p.name))

@@ -28,6 +28,7 @@ def test_aggregate_mean_and_sample_spread():
     assert "0.71 +- 0.20 (0.51-0.91)" in rows[2]
 
 
+@pytest.mark.subprocess
 def test_quick_benchmark_prints_one_row_per_method(tmp_path):
     out = tmp_path / "quick.json"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_disentangle.py"), "--quick",

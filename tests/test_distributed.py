@@ -246,6 +246,7 @@ def equal(a, b):
     return type(a) is type(b) and a == b
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("name", ["toy_refs", "toy_gradient", "toy_lrp", "rn_refs", "rn_gradient", "rn_lrp",
                                   "toy_one_neuron", "toy_ten_images", "plain_refs"])
 def test_every_rank_gets_the_one_process_result(ranks, single, name):
@@ -253,6 +254,7 @@ def test_every_rank_gets_the_one_process_result(ranks, single, name):
         assert equal(got[name], single[name]), f"rank {r}: {name} differs from one process"
 
 
+@pytest.mark.distributed
 def test_references_carry_every_field_of_one_process(ranks, single):
     """layer, channels and the WHOLE data set's fingerprint, not a shard's (field by field above)."""
     model, data = toy()
@@ -266,6 +268,7 @@ def test_references_carry_every_field_of_one_process(ranks, single):
         assert got["computed_refs"][4] == pt.cache.dataset_fingerprint(Flaky(data))
 
 
+@pytest.mark.distributed
 def test_a_resumed_run_of_a_data_set_hashed_image_by_image(ranks, single):
     assert ranks[1]["plain_fail"].startswith("OSError: disk error"), ranks[1]["plain_fail"]
     assert ranks[0]["plain_fail"].startswith("RankFailedError: Rank 1 of 2 failed"), ranks[0]["plain_fail"]
@@ -275,6 +278,7 @@ def test_a_resumed_run_of_a_data_set_hashed_image_by_image(ranks, single):
         assert len(got["plain_files"]) == 1  # the final result only
 
 
+@pytest.mark.distributed
 def test_one_process_reads_what_the_ranks_cached(ranks, single):
     model, data = toy()
     counting = Flaky(data)
@@ -284,6 +288,7 @@ def test_one_process_reads_what_the_ranks_cached(ranks, single):
     assert equal(fields(refs), ranks[0]["computed_refs"])
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("name", ["repeated_neuron", "other_layer", "batch_size"])
 def test_bad_arguments_raise_on_every_rank_what_one_process_raises(ranks, single, name):
     assert single[f"error_{name}"].startswith("PuretoolsError: "), single[f"error_{name}"]
@@ -291,6 +296,7 @@ def test_bad_arguments_raise_on_every_rank_what_one_process_raises(ranks, single
         assert got[f"error_{name}"] == single[f"error_{name}"]
 
 
+@pytest.mark.distributed
 def test_the_work_is_split(ranks, single):
     """Each rank reads about half of the images one process reads (none twice)."""
     for what in ("references", "circuits"):
@@ -301,11 +307,13 @@ def test_the_work_is_split(ranks, single):
         assert max(reads) < 0.6 * single[f"fresh_{what}_reads"], (what, reads)
 
 
+@pytest.mark.distributed
 def test_results_are_not_trivial(single):
     assert single["toy_gradient"].abs().sum() > 0 and single["rn_lrp"].abs().sum() > 0
     assert not torch.equal(single["rn_gradient"], single["rn_lrp"])
 
 
+@pytest.mark.distributed
 def test_the_cache_holds_one_entry_per_result_under_the_one_process_name(ranks, single, tmp_path):
     model, data = toy()
     refs = pt.collect_references(model, Flaky(data), toyworld.LAYER, cache_dir=tmp_path, progress=False, **TOY)
@@ -319,6 +327,7 @@ def test_the_cache_holds_one_entry_per_result_under_the_one_process_name(ranks, 
         assert got["cached_reads"] <= 3  # the data set's fingerprint only: nothing recomputed
 
 
+@pytest.mark.distributed
 def test_a_failing_rank_stops_the_others_and_a_rerun_resumes(ranks, single):
     for what in ("references", "circuits"):
         assert ranks[1][f"fail_{what}"].startswith("OSError: disk error"), ranks[1][f"fail_{what}"]
@@ -340,6 +349,7 @@ def test_a_failing_rank_stops_the_others_and_a_rerun_resumes(ranks, single):
         assert len(got["resume_files"]) == 2 and not any("partial" in n for n in got["resume_files"])
 
 
+@pytest.mark.distributed
 def test_local_turns_it_off(ranks):
     assert all(r["active"] and not r["local_active"] for r in ranks)
 
@@ -360,6 +370,7 @@ def _crashing_worker(rank: int, tmp: str) -> None:
     Path(tmp, "rank0.txt").write_text(f"{time.perf_counter() - start:.1f}\n{message}")
 
 
+@pytest.mark.distributed
 def test_a_rank_that_dies_does_not_leave_the_others_waiting(tmp_path):
     context = mp.spawn(_crashing_worker, args=(str(tmp_path),), nprocs=WORLD, join=False)
     for process in context.processes:

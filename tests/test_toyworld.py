@@ -158,6 +158,7 @@ def test_record_reports_metrics_not_inflated_by_negatives(toy_model, record):
     assert "exact_match_accuracy" in training.METRICS_NOTE and "macro_f1" in training.METRICS_NOTE
 
 
+@pytest.mark.subprocess
 def test_training_never_overwrites_a_checkpoint_unless_asked(tmp_path, record):
     import subprocess
     import sys
@@ -269,22 +270,20 @@ def test_polysemantic_neurons_on_a_hand_example():
     assert tw.polysemantic_neurons(refs, labels, min_share=0.5) == []
 
 
-def test_shipped_model_meets_the_issue_3_criteria(toy_model, tmp_path):
+def test_shipped_model_meets_the_issue_3_criteria(toy_pipeline):
     """>= 5 polysemantic neurons; PURE's virtual neurons (gradient circuits from the layer below,
     k = the neuron's number of concepts >= 20 %) reach mean ARI >= 0.8 against ground truth."""
     import puretools as pt
 
-    data = tw.ToyWorld("test")
-    refs = pt.collect_references(toy_model, data, tw.LAYER, n_ref=100, progress=False)
+    data, refs = toy_pipeline.dataset, toy_pipeline.references()  # the session's: test split, n_ref 100
+    assert (toy_pipeline.layer, toy_pipeline.lower_layer, toy_pipeline.method) == (tw.LAYER, tw.LOWER_LAYER,
+                                                                                   "gradient")
     poly = tw.polysemantic_neurons(refs, data.labels)
     assert len(poly) >= 5
     true_k = [int((tw.dominant_shares(data.labels[refs.indices[n]]) >= 0.2).sum()) for n in poly]
     assert all(k >= 2 for k in true_k)
-    circuits = pt.circuit_attributions(toy_model, data, tw.LAYER, tw.LOWER_LAYER, refs, neurons=poly,
-                                       progress=False)  # fmt: skip
-    pure = pt.VirtualNeurons(seed=0).fit(circuits, k=true_k)
-    act = pt.VirtualNeurons(seed=0).fit(pt.activation_features(toy_model, data, tw.LAYER, refs, neurons=poly),
-                                        k=true_k)  # fmt: skip
+    pure = pt.VirtualNeurons(seed=0).fit(toy_pipeline.circuits(poly), k=true_k)
+    act = pt.VirtualNeurons(seed=0).fit(toy_pipeline.activations(poly), k=true_k)
     ari = {name: np.mean([tw.ground_truth_scores(vn.labels[j], data.labels[refs.indices[n]])["ari"]
                           for j, n in enumerate(poly)]) for name, vn in (("pure", pure), ("act", act))}  # fmt: skip
     assert ari["pure"] >= 0.8, ari
@@ -328,11 +327,8 @@ def test_render_without_removes_exactly_one_object():
 
 
 @pytest.fixture(scope="module")
-def shipped_references(toy_model):
-    import puretools as pt
-
-    data = tw.ToyWorld("test")
-    return data, pt.collect_references(toy_model, data, tw.LAYER, n_ref=100, progress=False)
+def shipped_references(toy_pipeline):
+    return toy_pipeline.dataset, toy_pipeline.references()  # the test split, n_ref 100, computed once a session
 
 
 def spatial_max(model, layer, images):

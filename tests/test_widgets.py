@@ -165,19 +165,18 @@ def test_explorer_heatmap_view(vgg, small_images):
 
 
 @pytest.mark.slow
-def test_notebook_06_shows_the_explorer_as_an_image(tmp_path):
-    """Executed as `make demo` does (nbclient, widget state stored), the explorer cell's output
-    holds an image/png; static HTML without the widget state shows it as an <img>."""
+@pytest.mark.notebook
+def test_notebook_06_shows_the_explorer_as_an_image(notebook_run):
+    """Executed with nbclient (widget state stored; the session's one run), the
+    explorer cell's output holds an image/png; static HTML without the widget state shows it as an <img>."""
     import base64
-    from pathlib import Path
 
-    import nbformat
-    from nbclient import NotebookClient
     from nbconvert import HTMLExporter
 
-    path = Path(__file__).resolve().parents[1] / "notebooks" / "06_explorer.ipynb"
-    nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    run = notebook_run("06_explorer")
+    if run.error is not None:
+        pytest.fail(f"notebook 06 failed:\n{run.error}", pytrace=False)
+    nb = run.shipped()  # a copy: the cells as shipped, with their outputs
     bundles = [o["data"] for c in nb.cells if c.cell_type == "code" for o in c.outputs if "data" in o]
     views = [b for b in bundles if "application/vnd.jupyter.widget-view+json" in b]
     assert views, "no cell of notebook 06 displays the explorer"
