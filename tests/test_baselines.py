@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -144,3 +145,104 @@ def test_sae_sparse_rule_picks_the_rare_latent():
 
     assert sae_split(sae, h, readout, rule="argmax").tolist() == [0] * 6
     assert sae_split(sae, h, readout, rule="sparse").tolist() == [1, 1, 2, 2, 0, 0]
+
+
+# ----------------------------------------------------------------- the protocol without leaks
+
+
+def test_ari_counting_unlabelled_and_choose_k():
+    from sklearn.metrics import adjusted_rand_score
+
+    from puretools.baselines import K_RULES, ari_counting_unlabelled, choose_k
+    from puretools.virtual import kmeans_labels
+
+    clusters, truth = [0, 0, 1, 1, 1, 1], [3, 3, 5, 5, -1, -1]
+    assert pt.toyworld.ground_truth_scores(clusters, truth)["ari"] == 1.0  # dropping hides the mixed cluster
+    assert ari_counting_unlabelled(clusters, truth) == adjusted_rand_score([3, 3, 5, 5, 6, 6], clusters) < 1
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(c, 0.1, (10, 2)) for c in (0, 5, 10)])
+    by_k = {k: kmeans_labels(x, k)[0] for k in (2, 3, 4)}
+    assert all(choose_k(x, by_k, r) == 3 for r in K_RULES)
+    with pytest.raises(PuretoolsError, match="rule"):
+        choose_k(x, by_k, "elbow")
+
+
+@pytest.mark.slow
+def test_protocol_chooses_settings_on_validation_images_only(monkeypatch):
+    from puretools import baselines, toyworld
+
+    events, seen = [], {}
+    real_run_split, real_choose = baselines.run_split, baselines.choose_settings
+
+    def spy_run_split(model, dataset, name, *a, **k):
+        events.append(f"features:{name}")
+        run = real_run_split(model, dataset, name, *a, **k)
+        seen[name] = run
+        return run
+
+    def spy_choose(run, *a, **k):
+        events.append(f"choose:{run.name}")
+        seen["chooser_input"] = run
+        return real_choose(run, *a, **k)
+
+    monkeypatch.setattr(baselines, "run_split", spy_run_split)
+    monkeypatch.setattr(baselines, "choose_settings", spy_choose)
+    model = pt.load_model("toy")
+    val, test = toyworld.ToyWorld("test", n=400, seed=1), toyworld.ToyWorld("test", n=400)
+    train = toyworld.ToyWorld("train", n=100)
+    r = baselines.compare_protocol(model, val, test, train, n_ref=20, n_seeds=2, sae_grid=((16, 2),), sae_epochs=1,
+                                   choose_seeds=(0,))
+    # every setting was chosen before any test image was looked at, from the validation run only
+    assert events == ["features:val", "choose:val", "features:test"]
+    chooser = seen["chooser_input"]
+    assert chooser is seen["val"] and chooser.name == "val"
+    # independent check on the pixels: the images the chooser saw are validation images, none is scored
+    val_images = baselines.image_digests(val, torch.arange(len(val)))
+    test_refs = baselines.image_digests(test, seen["test"].reference_indices)
+    assert chooser.digests <= val_images
+    assert not chooser.digests & test_refs and r.selection_digests_overlap == 0
+    assert set(r.scores) == set(baselines.PROTOCOL_METHODS)
+    assert r.scores["PURE-gradient"]["label-free"].shape == (len(r.neurons), 2, 2)
+    assert 0 < r.coverage <= 1
+    with pytest.raises(PuretoolsError, match="validation"):
+        real_choose(seen["test"])
+    with pytest.raises(PuretoolsError, match="both validation references and scored"):
+        baselines.compare_protocol(model, test, test, train, n_ref=20, n_seeds=1, sae_grid=((16, 2),),
+                                   sae_epochs=1, choose_seeds=(0,))
+
+
+# ----------------------------------------------------------------- virtual heatmaps: weights
+
+
+def _heat_by_hand(model, x, neuron, w):
+    """Gradient x input of ``neuron`` with the relevance at model[:2]'s output weighted by w [C_lower]."""
+    x = x.clone().requires_grad_(True)
+    lower = model[1](model[0](x))
+    y = model[3](model[2](lower))
+    start = y[:, neuron].detach().clamp(min=0)
+    (g_low,) = torch.autograd.grad((y[:, neuron] * start).sum(), lower, retain_graph=True)
+    (g_x,) = torch.autograd.grad((lower * (g_low * w[None, :, None, None])).sum(), x)
+    return (g_x * x).detach().sum(1)
+
+
+def test_virtual_heatmap_weights_by_hand():
+    from puretools.routing import contrastive_conditions, partition_conditions
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, padding=1), nn.ReLU()).eval()
+    vn = pt.VirtualNeurons().fit(torch.rand(12, 6), k=3, neurons=[2])
+    x = torch.randn(3, 3, 8, 8)
+    cen = vn.centroids[0].double()
+    # contrastive weights written out: own centroid minus the mean of the other two, clipped, max 1
+    by_hand = torch.stack([(cen[j] - (cen.sum(0) - cen[j]) / 2).clamp(min=0) for j in range(3)])
+    by_hand = by_hand / by_hand.amax(1, keepdim=True)
+    torch.testing.assert_close(contrastive_conditions(cen), by_hand.float())
+    for weights, w in (("partition", partition_conditions(cen).float()), ("contrastive", by_hand.float())):
+        heat, full = pt.virtual_heatmaps(model, x, "3", "1", vn, 2, weights=weights, return_full=True)
+        want = torch.stack([_heat_by_hand(model, x, 2, w[j]) for j in range(3)])
+        torch.testing.assert_close(heat, want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(full, _heat_by_hand(model, x, 2, torch.ones(6)), rtol=1e-4, atol=1e-5)
+        adds_up = torch.allclose(heat.sum(0), full, atol=1e-5)
+        assert adds_up == (weights == "partition")  # only the partition adds up to the whole heatmap
+    with pytest.raises(PuretoolsError, match="weights"):
+        pt.virtual_heatmaps(model, x, "3", "1", vn, 2, weights="soft")
