@@ -125,7 +125,7 @@ def run_protocol(args) -> dict:
     n = len(runs)
     print(f"\nARI against causal labels on test ({n} model{'s' if n > 1 else ''}, {n_seeds} k-means seeds): "
           "mean +- sd over models [sd over seeds]")
-    print(format_protocol_table(summary, runs))
+    print(format_protocol_table(summary, [r.coverage for r in runs]))
     wall = time.perf_counter() - start
     result = {
         "benchmark": "bench_disentangle (protocol)", "argv": sys.argv[1:], "machine": info,

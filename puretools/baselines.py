@@ -476,14 +476,15 @@ def summarize(runs: list[ProtocolRun], n_boot: int = 2000, seed: int = 0) -> dic
     return out
 
 
-def format_protocol_table(summary: dict, runs: list[ProtocolRun]) -> str:
+def format_protocol_table(summary: dict, coverage: Sequence[float]) -> str:
     """One table: every method under label-free and oracle k, both scores, spreads and CIs.
 
     Columns: mode, method, ARI (labelled references) mean +- sd over models [sd over seeds],
     ARI counting the unlabelled as a class, and PURE-gradient minus the method with its 95 %
-    bootstrap interval (on the ARI of labelled references).
+    bootstrap interval (on the ARI of labelled references). ``coverage``: per model, the
+    share of scored references with a causal label (``ProtocolRun.coverage``).
     """
-    cov = ", ".join(f"{r.coverage:.2f}" for r in runs)
+    cov = ", ".join(f"{c:.2f}" for c in coverage)
     lines = [f"coverage (share of scored references with a causal label), per model: {cov}",
              f"{'k':10s} {'method':16s} {'ARI (labelled)':>26s} {'ARI (unlabelled = class)':>26s} "
              f"{'PURE-grad minus method [95% CI]':>34s}"]  # fmt: skip
