@@ -188,9 +188,9 @@ def test_protocol_chooses_settings_on_validation_images_only(monkeypatch):
     monkeypatch.setattr(baselines, "run_split", spy_run_split)
     monkeypatch.setattr(baselines, "choose_settings", spy_choose)
     model = pt.load_model("toy")
-    val, test = toyworld.ToyWorld("test", n=400, seed=1), toyworld.ToyWorld("test", n=400)
+    val, test = toyworld.ToyWorld("test", n=300, seed=1), toyworld.ToyWorld("test", n=300)
     train = toyworld.ToyWorld("train", n=100)
-    r = baselines.compare_protocol(model, val, test, train, n_ref=20, n_seeds=2, sae_grid=((16, 2),), sae_epochs=1,
+    r = baselines.compare_protocol(model, val, test, train, n_ref=12, n_seeds=2, sae_grid=((16, 2),), sae_epochs=1,
                                    choose_seeds=(0,))
     # every setting was chosen before any test image was looked at, from the validation run only
     assert events == ["features:val", "choose:val", "features:test"]
