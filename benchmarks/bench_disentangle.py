@@ -1,23 +1,27 @@
-"""How well PURE and its rivals split polysemantic neurons, against ground truth, across toy models.
+"""PURE against its strongest simple rivals on the toy models' polysemantic neurons, without leaks.
 
-Runs :func:`puretools.disentangle.compare_on_toy` on each toy checkpoint: methods PURE-gradient,
-PURE-LRP, PURE-cosine, activations (the paper's baseline) and a TopK SAE (overcomplete); cases
-``natural`` (the model's own polysemantic neurons of layer4, causal labels), ``planted`` (two
-concepts' rectified class-activation maps summed into one extra channel, true sources) and
-``natural-dominant`` (the natural clusterings scored against the older dominant-concept
-labels). The module docstring of ``puretools/disentangle.py`` says how each is defined. Each
-model's score is the mean ARI over its neurons; across models the table shows mean +- sample
-sd (min-max). Nothing is tuned on these scores.
+Runs :func:`puretools.baselines.compare_protocol` on each toy checkpoint: methods PURE-gradient,
+PURE-LRP, act-mean (the paper's spatial-mean baseline), act-peak and act-peak-lower (the
+layer's and the lower layer's activation vector at the neuron's peak location) and the best
+SAE (size, top-k and split rule chosen on validation). Every setting (the k rule, shared by
+all methods; each method's distance; the SAE) is chosen on validation images
+(``ToyWorld("test", seed=1)``: another world from the same generator, never scored); the scores
+come from the test split (``ToyWorld("test")``), with ``--seeds`` k-means seeds. Label-free k
+is the main row, ground-truth k the oracle row. Scores: ARI over the causally labelled
+references (as before) and ARI counting the unlabelled references as a class of their own,
+with the coverage (share labelled); mean +- sd over models [sd over seeds], and paired
+bootstrap 95 % intervals of PURE-gradient minus each method (neurons resampled within models).
+``--legacy`` runs the earlier comparison (:func:`puretools.disentangle.compare_on_toy`, with
+the planted case) instead.
 
 Examples
 --------
 ::
 
-    python benchmarks/bench_disentangle.py --quick        # shipped model, 4 planted pairs: < 3 min
+    python benchmarks/bench_disentangle.py --quick        # shipped model, 3 seeds, one SAE (5 epochs)
     python -m puretools toy train --seed 1 --out /tmp/toy-seed1
-    python -m puretools toy train --seed 2 --out /tmp/toy-seed2
-    python benchmarks/bench_disentangle.py --models shipped /tmp/toy-seed1 /tmp/toy-seed2 \\
-        --json benchmarks/results/disentangle.json
+    python benchmarks/bench_disentangle.py --models shipped /tmp/toy-seed1 \\
+        --json benchmarks/results/disentangle_protocol.json
 """
 
 from __future__ import annotations
@@ -31,12 +35,19 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_circuits import machine_info, print_machine  # noqa: E402
 
 from puretools import toyworld  # noqa: E402
+from puretools.baselines import (  # noqa: E402
+    PROTOCOL_METHODS,
+    compare_protocol,
+    format_protocol_table,
+    summarize,
+)
 from puretools.disentangle import CASES, METHODS, aggregate, compare_on_toy, format_table  # noqa: E402
 
 SAE_TRAIN_IMAGES = 2000
@@ -50,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "`python -m puretools toy train --out DIR` (default: shipped)")
     p.add_argument("--pairs", type=int, default=12, help="planted pairs per model (default 12; --quick: 4)")
     p.add_argument("--quick", action="store_true", help="the first model only, 4 planted pairs")
+    p.add_argument("--seeds", type=int, default=10, help="k-means seeds on test (default 10; --quick: 3)")
+    p.add_argument("--legacy", action="store_true", help="the earlier comparison with planted neurons instead")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     return p.parse_args(argv)
@@ -60,6 +73,73 @@ def checkpoint(spec: str) -> Path:
         return toyworld.DATA_DIR / "model.safetensors"
     path = Path(spec)
     return path / "model.safetensors" if path.is_dir() else path
+
+
+def run_protocol(args) -> dict:
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    info = machine_info(torch.device("cpu"))
+    print_machine(info)
+    print("command: python benchmarks/bench_disentangle.py " + " ".join(sys.argv[1:]))
+    specs = args.models[:1] if args.quick else args.models
+    n_seeds = 3 if args.quick else args.seeds
+    grid = ((32, 4),) if args.quick else ((16, 2), (32, 4), (64, 4))
+    choose_seeds = (0,) if args.quick else (0, 1, 2)
+    start = time.perf_counter()
+    val = toyworld.ToyWorld("test", seed=1)  # another world of the same generator: chooses, never scored
+    test = toyworld.ToyWorld("test")
+    train = toyworld.ToyWorld("train", n=SAE_TRAIN_IMAGES)
+    runs, models = [], []
+    for spec in specs:
+        path = checkpoint(spec)
+        if not path.is_file():
+            raise SystemExit(f"No toy checkpoint at {path}: train one with "
+                             "`python -m puretools toy train --seed S --out DIR` and pass DIR.")
+        record_path = path.parent / "record.json"
+        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+        t = time.perf_counter()
+        r = compare_protocol(toyworld.load_toy_model(path), val, test, train, n_seeds=n_seeds, sae_grid=grid,
+                             choose_seeds=choose_seeds, sae_epochs=5 if args.quick else 20)  # fmt: skip
+        runs.append(r)
+        st = r.settings
+        print(f"\n{spec} (train seed {record.get('seed')}, {time.perf_counter() - t:.0f} s): test neurons "
+              f"{r.neurons} (ground-truth k {r.true_k}); coverage {r.coverage:.3f} "
+              f"({r.n_unlabelled} of {r.n_references} references unlabelled)")
+        print(f"  chosen on validation (neurons {st['val_neurons']}): k rule {st['k_rule']} "
+              f"(val ARI {', '.join(f'{k} {v:.3f}' for k, v in st['validation']['k_rules'].items())}); "
+              f"distances {st['distance']}; SAE {st['sae']} (val ARI {st['validation']['sae'][st['sae']]:.3f})")
+        for m in PROTOCOL_METHODS:
+            k = r.chosen_k[m]
+            print(f"  {m:15s} label-free ARI {np.nanmean(r.scores[m]['label-free'][..., 0]):.3f} "
+                  f"(k chosen = ground truth on {float((k == np.array(r.true_k)[:, None]).mean()):.0%}), "
+                  f"oracle {np.nanmean(r.scores[m]['oracle'][..., 0]):.3f}")
+        models.append({"model": spec, "train_seed": record.get("seed"), "sha256": record.get("sha256"),
+                       "settings": st, "neurons": r.neurons, "true_k": r.true_k, "coverage": r.coverage,
+                       "n_unlabelled": r.n_unlabelled, "n_references": r.n_references,
+                       "overlap_val_test_images": r.selection_digests_overlap, "sae": r.sae,
+                       "times_s": r.times_s,
+                       "per_neuron": {m: {mode: np.round(np.nanmean(v, axis=1), 4).tolist()
+                                          for mode, v in r.scores[m].items()} for m in PROTOCOL_METHODS},
+                       "chosen_k": {m: v.tolist() for m, v in r.chosen_k.items()}})  # fmt: skip
+    summary = summarize(runs)
+    n = len(runs)
+    print(f"\nARI against causal labels on test ({n} model{'s' if n > 1 else ''}, {n_seeds} k-means seeds): "
+          "mean +- sd over models [sd over seeds]")
+    print(format_protocol_table(summary, [r.coverage for r in runs]))
+    wall = time.perf_counter() - start
+    result = {
+        "benchmark": "bench_disentangle (protocol)", "argv": sys.argv[1:], "machine": info,
+        "load_avg_1min_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "wall_s": round(wall, 1), "methods": list(PROTOCOL_METHODS), "n_seeds": n_seeds,
+        "validation_world": "ToyWorld('test', seed=1)", "test_world": "ToyWorld('test')",
+        "summary": summary, "models": models,
+    }
+    print(f"\nwall time {wall:.0f} s; load average (1 min) at end: {result['load_avg_1min_end']}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1, default=float) + "\n")
+        print(f"wrote {args.json}")
+    return result
 
 
 def run(args) -> dict:
@@ -115,7 +195,8 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    run(parse_args(argv))
+    args = parse_args(argv)
+    (run if args.legacy else run_protocol)(args)
     return 0
 
 

@@ -19,8 +19,9 @@ from .checks import resolve_device
 from .errors import PuretoolsError
 from .forward import collate_images, layer_output, prepare_model
 from .reference_type import References, check_references
+from .virtual import VirtualNeurons
 
-__all__ = ["LayerSAE", "activations_at_max", "sae_contributions", "sae_split", "train_layer_sae"]
+__all__ = ["SPLIT_RULES", "LayerSAE", "activations_at_max", "sae_contributions", "sae_split", "train_layer_sae"]
 
 
 @dataclass(frozen=True)
@@ -293,10 +294,29 @@ def sae_contributions(
     return z * (grad @ d.T)
 
 
+SPLIT_RULES = ("argmax", "sparse", "kmeans")
+
+
 def sae_split(
-    sae: LayerSAE, h: torch.Tensor, readout: int | Callable[[torch.Tensor], torch.Tensor]
+    sae: LayerSAE,
+    h: torch.Tensor,
+    readout: int | Callable[[torch.Tensor], torch.Tensor],
+    rule: str = "argmax",
+    k: int | str | None = None,
+    seed: int = 0,
 ) -> torch.Tensor:
-    """The SAE's split of one neuron: each reference goes to the latent that contributes most to it.
+    """The SAE's split of one neuron's references, by one of three rules.
+
+    - ``"argmax"`` (the original rule): each reference goes to the latent that contributes
+      most to the neuron (:func:`sae_contributions`). A latent that carries the neuron's own
+      direction is active on nearly every reference and wins everywhere, so this rule often
+      does not split at all.
+    - ``"sparse"``: the same, among the latents active on fewer than half of the references
+      (the ones that can tell references apart); a reference on which none of them contributes
+      positively falls back to the argmax over all latents.
+    - ``"kmeans"``: k-means (:func:`puretools.kmeans_labels`, ``seed``) on the references'
+      codes ``sae.encode(h)``; ``k`` clusters (an int) or ``"auto"`` (silhouette over 2..5,
+      as :class:`puretools.VirtualNeurons`).
 
     Parameters
     ----------
@@ -307,18 +327,43 @@ def sae_split(
     readout : int or callable
         The neuron: a channel of the SAE's layer, or a function of its vector
         (:func:`sae_contributions`).
+    rule : {"argmax", "sparse", "kmeans"}
+    k : int or "auto", optional
+        Clusters of the ``"kmeans"`` rule (required there, ignored otherwise).
+    seed : int
+        k-means seed of the ``"kmeans"`` rule.
 
     Returns
     -------
     LongTensor [n_ref]
-        Latent index per reference (cluster labels; as many clusters as latents used).
+        Cluster label per reference (a latent index for ``"argmax"`` and ``"sparse"``).
 
     Examples
     --------
     >>> import puretools as pt
     >>> from puretools import toyworld
     >>> sae = train_layer_sae(pt.load_model("toy"), toyworld.ToyWorld("train", n=100), "layer4", epochs=1)
-    >>> sae_split(sae, torch.rand(6, 8), readout=2).shape  # one latent per reference
+    >>> h = torch.rand(6, 8)
+    >>> sae_split(sae, h, readout=2).shape  # one latent per reference
     torch.Size([6])
+    >>> sae_split(sae, h, readout=2, rule="kmeans", k=2).unique().numel()
+    2
     """
-    return sae_contributions(sae, h, readout).argmax(-1)
+    if rule not in SPLIT_RULES:
+        raise PuretoolsError(f"rule must be one of {SPLIT_RULES}, not {rule!r}.")
+    if rule == "kmeans":
+        if k is None:
+            raise PuretoolsError("rule='kmeans' needs k: an int (clusters) or 'auto' (silhouette).")
+        with torch.no_grad():
+            z = sae.encode(torch.as_tensor(h).float())
+        return VirtualNeurons(seed=seed).fit(z.double(), k=k).labels[0]
+    contrib = sae_contributions(sae, h, readout)  # [n_ref, n_latents]
+    if rule == "argmax":
+        return contrib.argmax(-1)
+    with torch.no_grad():
+        active = sae.encode(torch.as_tensor(h).float()) > 0
+    rare = active.float().mean(0) < 0.5  # [n_latents]
+    masked = contrib.masked_fill(~rare[None], float("-inf"))
+    best = masked.argmax(-1)
+    none = ~(masked.max(-1).values > 0)
+    return torch.where(none, contrib.argmax(-1), best)

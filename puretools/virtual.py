@@ -16,9 +16,10 @@ from .checks import check_activations, check_called_once, check_images, resolve_
 from .errors import PuretoolsError
 from .forward import collate_images, layer_output, prepare_model
 from .layouts import Layout, layer_layout
+from .models import get_module
 from .reference_type import References, check_references
 
-__all__ = ["VirtualNeurons", "activation_features", "kmeans_labels"]
+__all__ = ["VirtualNeurons", "activation_features", "kmeans_labels", "peak_positions"]
 
 
 def kmeans_labels(x: np.ndarray, k: int, seed: int = 0, n_init: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -258,6 +259,29 @@ class VirtualNeurons:
         return torch.stack([torch.cdist(xi, c.double()).argmin(-1) for xi, c in zip(x, self.centroids)])
 
 
+def peak_positions(height: int, width: int, flat: torch.Tensor, read_height: int, read_width: int) -> torch.Tensor:
+    """Flat positions in a ``read_height x read_width`` map that correspond to ``flat`` positions of a ``height x width`` map.
+
+    The rule: a position's centre is mapped proportionally, ``row_read = floor((row + 0.5) *
+    read_height / height)`` (columns the same), so equal sizes map to themselves, a map half the
+    size maps 2 x 2 blocks onto one position, and a map twice the size takes the upper-left of the
+    four positions under it.
+
+    Examples
+    --------
+    >>> peak_positions(8, 8, torch.tensor([0, 9, 63]), 8, 8)  # same size: unchanged
+    tensor([ 0,  9, 63])
+    >>> peak_positions(8, 8, torch.tensor([9, 63]), 4, 4)  # (1, 1) -> (0, 0), (7, 7) -> (3, 3)
+    tensor([ 0, 15])
+    >>> peak_positions(4, 4, torch.tensor([5]), 8, 8)  # (1, 1) -> (3, 3) of the larger map
+    tensor([27])
+    """
+    row, col = flat // width, flat % width
+    r = ((row.double() + 0.5) * read_height / height).floor().long().clamp(0, read_height - 1)
+    c = ((col.double() + 0.5) * read_width / width).floor().long().clamp(0, read_width - 1)
+    return r * read_width + c
+
+
 def activation_features(
     model: nn.Module,
     dataset: Dataset,
@@ -267,15 +291,38 @@ def activation_features(
     batch_size: int = 64,
     device: str | torch.device | None = None,
     layout: str | Layout | None = None,
+    *,
+    where: Literal["mean", "peak"] = "mean",
+    read_layer: str | None = None,
 ) -> torch.Tensor:
-    """The activation baseline's features: spatial mean of all channels of ``layer`` per reference.
+    """Activation features of each reference: the activation baselines of PURE.
+
+    ``where="mean"`` (the paper's baseline, the default): the spatial mean of every channel of
+    ``read_layer`` over the whole image. ``where="peak"``: the activation vector of
+    ``read_layer`` at the neuron's own peak, the position where channel ``neuron`` of ``layer``
+    is largest in that image (``argmax`` over the flattened map, the first one on ties; the
+    position :func:`puretools.collect_references` takes its value from). A ``read_layer`` of
+    another spatial size is read at the corresponding position (:func:`peak_positions`: the
+    peak's centre mapped proportionally). The spatial mean mixes every object of the image in;
+    the peak vector describes what is at the place that made the neuron fire.
+
+    Parameters
+    ----------
+    model, dataset, layer, references, neurons
+        As in :func:`puretools.circuit_attributions`; ``neurons`` are channels of ``layer``.
+    batch_size : int
+    device : str, torch.device or None
+    where : {"mean", "peak"}
+    read_layer : str, optional
+        The layer whose channels form the features (default ``layer``), e.g. the lower layer
+        that the circuits come from.
 
     For a transformer layer: the mean over tokens of every feature. ``layout``: ``layer``'s
     layout (:func:`puretools.layouts.layer_layout`); None: found from the model.
 
     Returns
     -------
-    Tensor [len(neurons), n_ref, C_layer]
+    Tensor [len(neurons), n_ref, C_read]
 
     Examples
     --------
@@ -286,23 +333,75 @@ def activation_features(
     >>> refs = torch.randint(0, 20, (4, 6))  # 4 channels, 6 references each
     >>> activation_features(model, data, "1", refs).shape
     torch.Size([4, 6, 4])
+    >>> peak = activation_features(model, data, "1", refs, where="peak")  # the vector at each peak
+    >>> maps = model(torch.stack([data[int(i)][0] for i in refs[2]]))[:, 2]  # channel 2, its 6 refs
+    >>> torch.allclose(peak[2, :, 2], maps.flatten(1).amax(1))  # its own entry is its maximum
+    True
+    >>> activation_features(model, data, "1", refs, where="peak", read_layer="0").shape  # the conv's output
+    torch.Size([4, 6, 4])
     """
+    if where not in ("mean", "peak"):
+        raise PuretoolsError(f"where must be 'mean' (spatial mean) or 'peak' (the neuron's peak location), not {where!r}.")
     idx, neurons_t = check_references(references, dataset, layer, neurons)
     idx = idx[neurons_t]
+    read_layer = layer if read_layer is None else read_layer
     device = resolve_device(device, model)
     model = prepare_model(model, device)
     unique, inverse = torch.unique(idx, return_inverse=True)
-    feats = []
-    with torch.inference_mode():
-        for s in range(0, len(unique), batch_size):
-            batch = unique[s : s + batch_size]
-            images = check_images(collate_images([dataset[int(i)] for i in batch]), model, batch)
-            if s == 0:
-                check_called_once(model, layer, images[:1].to(device))
-            out = layer_output(model, layer, images.to(device)).float()
-            if not isinstance(layout, Layout):
-                layout = layer_layout(model, layer, images[:2].to(device), layout)
-            check_activations(layout.to_channels(out), layer, batch)
-            feats.append(layout.reduce(out, "mean").cpu())  # CNNs: out.flatten(2).mean(-1), [B, C]: out
-            check_activations(feats[-1], layer, batch)  # the spatial mean of huge values can overflow
-    return torch.cat(feats)[inverse]
+    if where == "mean" and read_layer == layer:
+        feats = []
+        with torch.inference_mode():
+            for s in range(0, len(unique), batch_size):
+                batch = unique[s : s + batch_size]
+                images = check_images(collate_images([dataset[int(i)] for i in batch]), model, batch)
+                if s == 0:
+                    check_called_once(model, layer, images[:1].to(device))
+                out = layer_output(model, layer, images.to(device)).float()
+                if not isinstance(layout, Layout):
+                    layout = layer_layout(model, layer, images[:2].to(device), layout)
+                check_activations(layout.to_channels(out), layer, batch)
+                feats.append(layout.reduce(out, "mean").cpu())  # CNNs: out.flatten(2).mean(-1), [B, C]: out
+                check_activations(feats[-1], layer, batch)  # the spatial mean of huge values can overflow
+        return torch.cat(feats)[inverse]
+    store: dict[str, torch.Tensor] = {}
+    modules = {name: get_module(model, name) for name in {layer, read_layer}}
+    handles = [m.register_forward_hook(lambda _m, _i, out, name=name: store.__setitem__(name, out.detach().clone()))
+               for name, m in modules.items()]  # fmt: skip
+    rows = []
+    n = torch.arange(len(neurons_t))
+    try:
+        with torch.inference_mode():
+            for s in range(0, len(unique), batch_size):
+                batch = unique[s : s + batch_size]
+                images = check_images(collate_images([dataset[int(i)] for i in batch]), model, batch)
+                if s == 0:
+                    check_called_once(model, layer, images[:1].to(device))
+                store.clear()
+                model(images.to(device))
+                for name in (layer, read_layer):
+                    if name not in store:
+                        raise PuretoolsError(f"Layer {name!r} was not called during the forward pass of the model.")
+                    check_activations(store[name].float(), name, batch)
+                at, read = store[layer].float().cpu(), store[read_layer].float().cpu()
+                if s == 0:
+                    layouts = [layer_layout(model, name, images[:2].to(device), layout if name == layer else None)
+                               for name in (layer, read_layer)]  # fmt: skip
+                if where == "mean":
+                    rows.append(layouts[1].reduce(read, "mean"))
+                    continue
+                if any(lay.kind != "channels_first" for lay in layouts) or at.ndim != 4 or read.ndim != 4:
+                    raise PuretoolsError(
+                        f"where='peak' needs maps [B, C, H, W] from {layer!r} and {read_layer!r}, got "
+                        f"{tuple(at.shape)} and {tuple(read.shape)}; use where='mean'."
+                    )
+                peak = at[:, neurons_t].flatten(2).argmax(-1)  # [b, N] flat position of each neuron's max
+                pos = peak_positions(at.shape[2], at.shape[3], peak, read.shape[2], read.shape[3])
+                flat = read.flatten(2)  # [b, C_read, HW_read]
+                rows.append(flat.gather(2, pos[:, None, :].expand(-1, flat.shape[1], -1)).transpose(1, 2))  # [b, N, C]
+    finally:
+        for h in handles:
+            h.remove()
+    feats_all = torch.cat(rows)  # [U, C] (mean) or [U, N, C] (peak)
+    if where == "mean":
+        return feats_all[inverse]
+    return feats_all[inverse, n[:, None].expand_as(idx)]

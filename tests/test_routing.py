@@ -151,7 +151,7 @@ def test_conditions_partition_the_lower_channels(toy):
 def test_gradient_heatmaps_sum_to_the_brute_force_full_heatmap(toy):
     model, vn, images = toy
     x = images[:6]
-    heat, full = virtual_heatmaps(model, x, LAYER, LOWER, vn, neuron=4, return_full=True)
+    heat, full = virtual_heatmaps(model, x, LAYER, LOWER, vn, neuron=4, weights="partition", return_full=True)
     assert heat.shape == (3, 6, 32, 32)
     with torch.enable_grad():  # brute force: the whole model, no capture of the lower layer
         xg = x.clone().requires_grad_(True)
@@ -174,7 +174,8 @@ def test_gradient_heatmaps_sum_to_the_brute_force_full_heatmap(toy):
 def test_lrp_heatmaps_match_zennit_crp_conditions(toy):
     model, vn, images = toy
     x, neuron = images[:3], 7
-    heat, full = virtual_heatmaps(model, x, LAYER, LOWER, vn, neuron, method="lrp", return_full=True)
+    heat, full = virtual_heatmaps(model, x, LAYER, LOWER, vn, neuron, method="lrp", weights="partition",
+                                  return_full=True)
     cond = virtual_conditions(vn, neuron)
     attribution = CondAttribution(model)
     composite = pt.lrp_composite(model)

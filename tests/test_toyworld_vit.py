@@ -9,9 +9,9 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 import puretools as pt
+from puretools import layer_output
 from puretools import toyworld as tw
 from puretools.errors import PuretoolsError, WeightsNotFoundError
-from puretools import layer_output
 from puretools.toyworld import training
 
 TINY = {"dim": 12, "heads": 2, "depth": 2, "mlp_ratio": 1.0, "layer_width": 4}

@@ -135,7 +135,7 @@ def test_explorer_heatmap_view(vgg, small_images):
     view = data.heatmaps[(pos, k)]
     idx = refs.indices[neuron, view.members]
     heat = pt.virtual_heatmaps(vgg, torch.stack([small_images[int(i)][0] for i in idx]), "features.9",
-                               "features.6", vn, neuron)
+                               "features.6", vn, neuron, weights="partition")
     torch.testing.assert_close(heat, view.virtual, atol=1e-5, rtol=1e-4)
 
     explorer = Explorer(data, k=2)
