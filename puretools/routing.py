@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
