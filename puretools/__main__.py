@@ -233,6 +233,17 @@ def _toy_train(args) -> None:
     print({k: v for k, v in record.items() if not isinstance(v, (list, dict))})
 
 
+def _machine() -> dict:
+    """Where a timing was measured: CPU, cores, threads, load, versions."""
+    import platform
+
+    import torch
+
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": os.environ.get("OMP_NUM_THREADS", "default"),
+            "torch": torch.__version__, "python": platform.python_version()}  # fmt: skip
+
+
 def _demo(args) -> None:
     root = Path(__file__).resolve().parent.parent
     notebooks = sorted((root / "notebooks").glob("[0-9][0-9]*_*.ipynb"))  # 05b, 05c sort after 05
@@ -240,7 +251,11 @@ def _demo(args) -> None:
         sys.exit("No notebooks found under notebooks/.")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    # bars print one finished line instead of a widget whose saved frame would read "0%"
+    env = {**os.environ, "PURETOOLS_PROGRESS": "text"}
+    record = {"machine": _machine(), "command": "python -m puretools demo", "notebooks": {}}
     for nb in notebooks:
+        load_before = os.getloadavg()[0]
         t = time.perf_counter()
         print(f"executing {nb.name} ...", flush=True)
         subprocess.run(
@@ -249,9 +264,18 @@ def _demo(args) -> None:
              # no saved widget state: offline HTML then shows the explorer's PNG, not an empty widget
              "--ExecutePreprocessor.store_widget_state=False",
              "--output-dir", str(out), str(nb)],
-            check=True, cwd=nb.parent,
+            check=True, cwd=nb.parent, env=env,
         )
-        print(f"  -> {out / nb.with_suffix('.html').name} ({time.perf_counter() - t:.0f} s)")
+        seconds = time.perf_counter() - t
+        record["notebooks"][nb.stem] = {"seconds": round(seconds, 1), "load_avg_1min_before": round(load_before, 2),
+                                        "load_avg_1min_after": round(os.getloadavg()[0], 2)}  # fmt: skip
+        print(f"  -> {out / nb.with_suffix('.html').name} ({seconds:.0f} s)")
+    if args.times:  # every notebook ran: record the times (docs/time_notebooks.py writes them into the docs)
+        path = Path(args.times)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"times of {len(record['notebooks'])} notebooks -> {path} "
+              f"(load average {', '.join(str(v['load_avg_1min_before']) for v in record['notebooks'].values())})")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -297,6 +321,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="execute all notebooks headless and write HTML")
     p.add_argument("--out", default="build", help="folder for the HTML files (default: build)")
+    p.add_argument("--times", default=str(Path(__file__).resolve().parent.parent / "docs" / "notebook_times.json"),
+                   help="JSON file for each notebook's wall time and the machine's load (default: %(default)s); "
+                        "'python docs/time_notebooks.py' writes them into the README and the notebooks")
     p.set_defaults(func=_demo)
     return parser
 

@@ -12,12 +12,12 @@ from typing import Literal
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from . import cache, distributed
 from .checks import check_activations, check_images, resolve_device
 from .errors import PuretoolsError
 from .models import lrp_composite
+from .progress import tqdm
 from .references import References, check_references, collate_images, forward_to, prepare_model
 from .subnet import Precision, _precision_context, memory_plan, subnetwork, tf32_matmuls
 

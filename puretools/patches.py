@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 from zennit.core import Composite
 
 from . import cache
@@ -18,6 +17,7 @@ from .checks import check_activations, check_called_once, check_images, resolve_
 from .data import denormalize as imagenet_denormalize
 from .errors import PuretoolsError
 from .models import get_module, lrp_composite
+from .progress import tqdm
 from .references import References, check_references, collate_images, forward_to, prepare_model
 
 __all__ = [

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from . import cache, distributed
 from .checks import check_activations, check_called_once, check_images, resolve_device
 from .errors import PuretoolsError
 from .models import get_module
+from .progress import tqdm
 
 __all__ = [
     "References",

@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from .circuits import circuit_attributions
 from .errors import PuretoolsError
 from .evaluate import cluster_distances
 from .patches import patches_from_heatmaps, reference_heatmaps
 from .polysemanticity import polysemanticity_scores
+from .progress import tqdm
 from .references import References, collate_images
 from .routing import conditional_heatmaps, partition_conditions
 from .virtual import activation_features, kmeans_labels
@@ -82,12 +82,16 @@ class ExplorerData:
     umap : dict str -> ndarray [N, n_ref, 2]
         2-D UMAP of each method's features, per neuron.
     concepts : LongTensor [N, n_ref] or None
-        Ground-truth concept of each reference (toy world), for ARI and purity.
+        Ground-truth concept of each reference (toy world), for ARI and purity; -1: no label
+        (left out of the scores and the panel titles).
     concept_names : list of str or None
     eval_space : Tensor [N, n_ref, D] or None
         Embeddings for the intra/inter-cluster distances.
     heatmaps : dict (position, k) -> VirtualHeatmapView
         Heatmaps of the PURE virtual neurons (empty if not precomputed).
+    concepts_name : str
+        Which labels ``concepts`` holds ("causal labels" or "dominant labels"); the scores
+        line and the panel titles name them.
     """
 
     neurons: list[int]
@@ -99,6 +103,7 @@ class ExplorerData:
     concept_names: list[str] | None = None
     eval_space: torch.Tensor | None = None
     heatmaps: dict[tuple[int, int], VirtualHeatmapView] = field(default_factory=dict)
+    concepts_name: str = "dominant labels"
     _labels: dict[tuple[int, str, int], np.ndarray] = field(default_factory=dict, repr=False)
 
     def labels(self, position: int, method: str, k: int, seed: int = 0) -> np.ndarray:
@@ -131,6 +136,7 @@ def prepare_explorer(
     progress: bool = True,
     heatmaps: bool = True,
     heatmap_method: str = "lrp",
+    causal_labels: torch.Tensor | None = None,
 ) -> ExplorerData:
     """Compute circuits, activations, patches, UMAPs and the ranking the explorer needs.
 
@@ -161,6 +167,11 @@ def prepare_explorer(
         neuron on it (:func:`puretools.virtual_heatmaps`; k x (k + 1) rows of one batched
         pass per neuron and k).
     heatmap_method : {"lrp", "gradient"}
+    causal_labels : LongTensor [channels of layer, n_ref] or None
+        The ground truth to score against, one concept per reference of ``references`` and -1
+        where none (``toyworld.causal_concepts``). Without it, each reference counts for its
+        dominant concept in ``concept_labels`` (the concept the neuron prefers among those in
+        the image), which the scores line then names.
     """
     from .toyworld import dominant_concepts
 
@@ -174,8 +185,11 @@ def prepare_explorer(
     acts = activation_features(model, dataset, layer, references, neurons=neurons)
     idx = references.indices[neurons]  # [N, R]
     concepts = None
-    if concept_labels is not None:
+    if causal_labels is not None:
+        concepts = torch.as_tensor(causal_labels)[neurons].long()
+    elif concept_labels is not None:
         concepts = torch.stack([dominant_concepts(concept_labels[row]) for row in idx])
+    if concept_labels is not None:
         if eval_space is None:
             eval_space = concept_labels[idx].float()
     heat = reference_heatmaps(model, dataset, layer, references, neurons, batch_size=256, cache_dir=cache_dir)
@@ -208,6 +222,7 @@ def prepare_explorer(
         concepts=None if concepts is None else concepts[order],
         concept_names=None if concept_names is None else list(concept_names),
         eval_space=None if eval_space is None else torch.as_tensor(eval_space)[order],
+        concepts_name="causal labels" if causal_labels is not None else "dominant labels",
     )
     n_ref = references.n_ref
     for position in range(len(neurons)):  # every slider position's clustering, so updates only draw
@@ -271,9 +286,14 @@ def explorer_scores(data: ExplorerData, position: int, k: int, method: str) -> d
 def _concept_mix_text(data: ExplorerData, position: int, members: np.ndarray) -> str:
     if data.concepts is None or data.concept_names is None or not len(members):
         return ""
-    counts = np.bincount(data.concepts[position][members].clamp(min=0).numpy(), minlength=len(data.concept_names))
+    concepts = data.concepts[position][members]
+    concepts = concepts[concepts >= 0]  # references without a label are not counted
+    if not len(concepts):
+        return ""
+    counts = np.bincount(concepts.numpy(), minlength=len(data.concept_names))
     top = np.argsort(-counts)[:2]
-    return ", ".join(f"{data.concept_names[c]} {counts[c] / len(members):.0%}" for c in top if counts[c])
+    return data.concepts_name.split()[0] + ": " + ", ".join(
+        f"{data.concept_names[c]} {counts[c] / len(concepts):.0%}" for c in top if counts[c])
 
 
 def explorer_figure(
@@ -443,7 +463,8 @@ class Explorer:
         parts = [f"<b>neuron {self.data.neurons[pos]}</b> (neuron rank {pos} of 0-{len(self.data.neurons) - 1}, "
                  f"0 = most polysemantic; polysemanticity {self.data.scores[pos]:.2f})", f"k = {k}", method]
         if "ari" in scores:
-            parts.append(f"ARI vs ground truth {scores['ari']:.2f}, purity {scores['purity']:.2f}")
+            parts.append(f"ARI vs ground truth ({self.data.concepts_name}) {scores['ari']:.2f}, "
+                         f"purity {scores['purity']:.2f}")
         if "intra" in scores:
             parts.append(f"distances intra {scores['intra']:.2f} / inter {scores['inter']:.2f} "
                          f"(unclustered {scores['unclustered']:.2f})")
@@ -452,6 +473,9 @@ class Explorer:
     def _repr_mimebundle_(self, include=None, exclude=None, **kwargs) -> dict:
         """The widget view plus the current figure as ``image/png`` (shown where widgets cannot be)."""
         bundle = dict(self.widget._repr_mimebundle_(include=include, exclude=exclude, **kwargs) or {})
-        bundle["image/png"] = base64.b64encode(self.image.value).decode("ascii")
+        png = base64.b64encode(self.image.value).decode("ascii")
+        bundle["image/png"] = png
+        # a static page (no widget state) shows the scores line and the figure
+        bundle["text/html"] = f'<div class="puretools-scores">{self.scores.value}</div><img src="data:image/png;base64,{png}">'
         bundle["text/plain"] = f"Explorer of {len(self.data.neurons)} neurons (static image of the current view)"
         return bundle

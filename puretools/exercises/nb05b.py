@@ -11,29 +11,32 @@ from ..references import References
 from ..toyworld import ToyWorld, causal_effects
 from . import report
 
-__all__ = ["check_causal_label", "check_unlabelled_count"]
+__all__ = ["check_causal_label", "check_labelled_at"]
 
 
-def check_unlabelled_count(answer: Any, model: nn.Module, data: ToyWorld, layer: str, refs: References,
-                           neuron: int) -> bool:
-    """Exercise 1: how many references of ``neuron`` no single object's removal halves.
+def check_labelled_at(answer: Any, model: nn.Module, data: ToyWorld, layer: str, refs: References,
+                      neuron: int, min_drop: float = 0.3) -> bool:
+    """Exercise 1: how many references of ``neuron`` would get a causal label at a lower threshold.
 
-    Computed from the relative drops of :func:`puretools.toyworld.causal_effects`, not from its labels.
+    A reference gets a causal label when removing one of its objects lowers the neuron's
+    activation by at least ``min_drop`` (a share; the notebook's labels use 0.5). Computed
+    with :func:`puretools.toyworld.causal_effects` at ``min_drop`` (its labels), while the
+    student reads the relative drops of the 0.5 run.
 
     Examples
     --------
     >>> import puretools as pt
     >>> model, data = pt.load_model("toy"), ToyWorld("test", n=300)
     >>> refs = pt.collect_references(model, data, "layer4", n_ref=10, progress=False)
-    >>> check_unlabelled_count(..., model, data, "layer4", refs, 0)
+    >>> check_labelled_at(..., model, data, "layer4", refs, 0)
     Exercise 1: not attempted yet. Replace `...` with your answer; open the 'Solution' cell right below this one to compare.
     False
     """
-    effects = causal_effects(model, data, layer, refs, neurons=[neuron])
-    best_drop = torch.nan_to_num(effects.drop[0], nan=-1.0).amax(-1)  # [n_ref]
-    expected = int((best_drop < effects.min_drop).sum())
+    effects = causal_effects(model, data, layer, refs, neurons=[neuron], min_drop=min_drop)
+    expected = int((effects.concepts[0] >= 0).sum())
     return report("Exercise 1", answer, expected,
-                  hint="count the references whose causal label is -1 (causal[neuron] holds one label per reference)")
+                  hint=f"per reference, the largest relative drop over its objects (effects.drop[neuron]: "
+                       f"[n_ref, slots], NaN for empty slots); count the references where it is >= {min_drop}")
 
 
 def check_causal_label(answer: Any, model: nn.Module, data: ToyWorld, layer: str, neuron: int, image: int) -> bool:
