@@ -253,6 +253,7 @@ def _demo(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     # bars print one finished line instead of a widget whose saved frame would read "0%"
     env = {**os.environ, "PURETOOLS_PROGRESS": "text"}
+    env.pop("MPLBACKEND", None)  # the kernel's inline backend, so figures are saved as images (not "<Figure ...>")
     record = {"machine": _machine(), "command": "python -m puretools demo", "notebooks": {}}
     for nb in notebooks:
         load_before = os.getloadavg()[0]
@@ -270,12 +271,24 @@ def _demo(args) -> None:
         record["notebooks"][nb.stem] = {"seconds": round(seconds, 1), "load_avg_1min_before": round(load_before, 2),
                                         "load_avg_1min_after": round(os.getloadavg()[0], 2)}  # fmt: skip
         print(f"  -> {out / nb.with_suffix('.html').name} ({seconds:.0f} s)")
-    if args.times:  # every notebook ran: record the times (docs/time_notebooks.py writes them into the docs)
-        path = Path(args.times)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=1) + "\n")
-        print(f"times of {len(record['notebooks'])} notebooks -> {path} "
-              f"(load average {', '.join(str(v['load_avg_1min_before']) for v in record['notebooks'].values())})")
+        if args.times:  # after every notebook, so an interrupted demo keeps what it measured
+            _write_times(Path(args.times), record)
+    if args.times:
+        loads = ", ".join(str(v["load_avg_1min_before"]) for v in record["notebooks"].values())
+        print(f"times of {len(record['notebooks'])} notebooks -> {args.times} (load average before each: {loads}); "
+              "'python docs/time_notebooks.py' writes them into the README and the notebooks")
+
+
+def _write_times(path: Path, record: dict) -> None:
+    """The demo's timing record, merged into what ``path`` holds (notebooks not run keep their time)."""
+    old = {}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text()).get("notebooks", {})
+        except (ValueError, OSError):
+            old = {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**record, "notebooks": {**old, **record["notebooks"]}}, indent=1) + "\n")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -463,8 +463,10 @@ class Explorer:
         parts = [f"<b>neuron {self.data.neurons[pos]}</b> (neuron rank {pos} of 0-{len(self.data.neurons) - 1}, "
                  f"0 = most polysemantic; polysemanticity {self.data.scores[pos]:.2f})", f"k = {k}", method]
         if "ari" in scores:
-            parts.append(f"ARI vs ground truth ({self.data.concepts_name}) {scores['ari']:.2f}, "
-                         f"purity {scores['purity']:.2f}")
+            left_out = int(scores.get("n_excluded", 0))
+            parts.append(f"ARI vs ground truth {scores['ari']:.2f}, purity {scores['purity']:.2f} "
+                         f"({self.data.concepts_name}" + (f"; {left_out} references without one left out)"
+                                                          if left_out else ")"))
         if "intra" in scores:
             parts.append(f"distances intra {scores['intra']:.2f} / inter {scores['inter']:.2f} "
                          f"(unclustered {scores['unclustered']:.2f})")

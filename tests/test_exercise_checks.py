@@ -336,7 +336,14 @@ def test_nb05b_and_05c_hints_say_what_is_wrong(capsys, monkeypatch):
     import puretools as pt
 
     model, data, refs = _toy()
-    check = lambda a: nb05b.check_labelled_at(a, model, data, "layer4", refs, 0, min_drop=0.3)
+    from puretools.toyworld import causal_effects
+
+    effects = causal_effects(model, data, "layer4", refs)
+    check = lambda a: nb05b.check_labelled_at(a, effects, 0, min_drop=0.3)
+    best = effects.drop[0].nan_to_num(-1.0).amax(-1)
+    assert verdicts(check, [int((best >= 0.3).sum())], capsys, monkeypatch)[0] == [True]
+    assert verdicts(check, [int((best >= 0.5).sum())], capsys, monkeypatch)[0] == [bool((best >= 0.3).sum() ==
+                                                                                         (best >= 0.5).sum())]
     assert "expected a whole number (an int), got a float" in message(check, 2.5, capsys, monkeypatch)
     image = int(next(i for i in refs.indices[3] if len(data.objects(int(i))) >= 2))
     check = lambda a: nb05b.check_causal_label(a, model, data, "layer4", 3, image)

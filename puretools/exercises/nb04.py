@@ -14,14 +14,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..patches import crop_box, relevance_map
+from ..patches import _box, crop_box, relevance_map
 from . import answers_equal, report
 
 __all__ = ["check_border_boxes", "check_crop_area", "check_crop_box", "interior_case"]
 
 
-def check_border_boxes(answer: Any, heatmaps: torch.Tensor, exercise: str = "Exercise 1") -> bool:
-    """Exercise: how many crop boxes (default threshold) touch the border of their image.
+def check_border_boxes(answer: Any, heatmaps: torch.Tensor, threshold: float = 0.3,
+                       exercise: str = "Exercise 1") -> bool:
+    """Exercise: how many crop boxes at ``threshold`` touch the border of their image.
 
     A box touches the border when it starts in the first row or column or ends in the last
     one; these are the boxes that :func:`puretools.crop_box` may have shifted inwards.
@@ -30,6 +31,7 @@ def check_border_boxes(answer: Any, heatmaps: torch.Tensor, exercise: str = "Exe
     ----------
     answer : int, numpy integer or 0-d tensor
     heatmaps : Tensor [n_ref, H, W]
+    threshold : float
 
     Returns
     -------
@@ -44,12 +46,17 @@ def check_border_boxes(answer: Any, heatmaps: torch.Tensor, exercise: str = "Exe
     """
     height, width = heatmaps.shape[-2:]
     touching = 0
-    for heatmap in heatmaps:
-        top, left, size = crop_box(heatmap)
+    for top, left, size in _boxes(heatmaps, threshold):
         touching += top == 0 or left == 0 or top + size == height or left + size == width
     return report(exercise, answer, int(touching),
-                  hint="for each reference, (top, left, size) = pt.crop_box(heat[r]); count the boxes with "
-                       "top == 0, left == 0, top + size == H or left + size == W")
+                  hint=f"for each reference, (top, left, size) = pt.crop_box(heat[r], threshold={threshold}); "
+                       "count the boxes with top == 0, left == 0, top + size == H or left + size == W")
+
+
+def _boxes(heatmaps: torch.Tensor, threshold: float) -> list[tuple[int, int, int]]:
+    """``crop_box`` of every heatmap [n, H, W], with the n maps blurred in one batched call."""
+    rel = relevance_map(torch.as_tensor(heatmaps))  # [n, H, W]
+    return [_box(r, threshold) for r in rel]
 
 
 def interior_case(heatmaps: torch.Tensor, threshold: float) -> int:
@@ -135,6 +142,6 @@ def check_crop_area(answer: Any, heatmaps: torch.Tensor, thresholds: Sequence[fl
     True
     """
     area = heatmaps.shape[-2] * heatmaps.shape[-1]
-    expected = {t: float(np.mean([crop_box(h, threshold=t)[2] ** 2 / area for h in heatmaps])) for t in thresholds}
+    expected = {t: float(np.mean([size ** 2 / area for _, _, size in _boxes(heatmaps, t)])) for t in thresholds}
     return report(exercise, answer, expected,
                   hint="one dict entry per threshold: the mean over references of size**2 / (H * W)")

@@ -7,33 +7,46 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..references import References
-from ..toyworld import ToyWorld, causal_effects
+from ..toyworld import CausalEffects, ToyWorld, causal_effects
 from . import report
 
 __all__ = ["check_causal_label", "check_labelled_at"]
 
 
-def check_labelled_at(answer: Any, model: nn.Module, data: ToyWorld, layer: str, refs: References,
-                      neuron: int, min_drop: float = 0.3) -> bool:
+def check_labelled_at(answer: Any, effects: CausalEffects, neuron: int, min_drop: float = 0.3) -> bool:
     """Exercise 1: how many references of ``neuron`` would get a causal label at a lower threshold.
 
     A reference gets a causal label when removing one of its objects lowers the neuron's
-    activation by at least ``min_drop`` (a share; the notebook's labels use 0.5). Computed
-    with :func:`puretools.toyworld.causal_effects` at ``min_drop`` (its labels), while the
-    student reads the relative drops of the 0.5 run.
+    activation by at least ``min_drop`` of it (the notebook's labels use 0.5). The student
+    reads the relative drops (``effects.drop``); the check counts from the activations with and
+    without each object (``activation - without >= min_drop * activation``, one object lowering
+    it most), the rule :func:`puretools.toyworld.causal_effects` labels by. No model is run.
+
+    Parameters
+    ----------
+    answer : int
+    effects : CausalEffects
+        ``toyworld.causal_effects(model, data, layer, refs)`` (any ``min_drop``).
+    neuron : int
+        A neuron of ``effects.neurons``.
+    min_drop : float
 
     Examples
     --------
     >>> import puretools as pt
     >>> model, data = pt.load_model("toy"), ToyWorld("test", n=300)
     >>> refs = pt.collect_references(model, data, "layer4", n_ref=10, progress=False)
-    >>> check_labelled_at(..., model, data, "layer4", refs, 0)
+    >>> check_labelled_at(..., causal_effects(model, data, "layer4", refs, neurons=[0]), 0)
     Exercise 1: not attempted yet. Replace `...` with your answer; open the 'Solution' cell right below this one to compare.
     False
     """
-    effects = causal_effects(model, data, layer, refs, neurons=[neuron], min_drop=min_drop)
-    expected = int((effects.concepts[0] >= 0).sum())
+    row = list(effects.neurons).index(int(neuron))
+    activation = effects.activation[row]  # [n_ref]
+    lowered = torch.nan_to_num(activation[:, None] - effects.without[row], nan=-float("inf"))  # [n_ref, 3]
+    best = lowered.max(-1).values
+    single = (lowered == best[:, None]).sum(-1) == 1  # one object lowers it most
+    has_object = (effects.object_concepts[row] >= 0).any(-1)
+    expected = int((has_object & single & (activation > 0) & (best >= min_drop * activation)).sum())
     return report("Exercise 1", answer, expected,
                   hint=f"per reference, the largest relative drop over its objects (effects.drop[neuron]: "
                        f"[n_ref, slots], NaN for empty slots); count the references where it is >= {min_drop}")
