@@ -40,6 +40,10 @@ class _LineBar(_std_tqdm):
         kwargs["delay"] = float("inf")  # never drawn while running
         super().__init__(*args, **kwargs)
 
+    def display(self, *args, **kwargs) -> None:
+        """Draw nothing while running, even on ``set_postfix`` or ``refresh`` (see :meth:`close`)."""
+        return None
+
     def close(self) -> None:
         if not self.disable and not getattr(self, "_line_done", False):
             self._line_done = True
@@ -57,6 +61,9 @@ def tqdm(*args, **kwargs):
     >>> os.environ["PURETOOLS_PROGRESS"] = "text"
     >>> total = sum(tqdm(range(3), desc="demo", unit="item"))  # doctest: +ELLIPSIS
     demo: 100% 3/3 [...]
+    >>> bar = tqdm(total=2, desc="stages")
+    >>> bar.set_postfix_str("first"); _ = bar.update(2); bar.close()  # doctest: +ELLIPSIS
+    stages: 100% 2/2 [...]
     >>> del os.environ["PURETOOLS_PROGRESS"]
     """
     return (_LineBar if plain_progress() else _auto_tqdm)(*args, **kwargs)
