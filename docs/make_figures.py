@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     neuron = toyworld.clearest_two_concept_neuron(causal, n_concepts) if args.neuron is None else args.neuron
     explorer_data = prepare_explorer(
         model, data, toyworld.LAYER, toyworld.LOWER_LAYER, refs, neurons=[neuron],
-        concept_labels=data.labels, concept_names=toyworld.CONCEPTS,
+        concept_labels=data.labels, concept_names=toyworld.CONCEPTS, causal_labels=causal,
         denormalize=toyworld.denormalize, cache_dir=cache, progress=False,
     )
     _save(explorer_figure(explorer_data, 0, 2, "PURE", "crop"), "virtual_neurons.png")

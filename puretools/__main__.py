@@ -228,13 +228,29 @@ def _toy_train(args) -> None:
     print({k: v for k, v in record.items() if not isinstance(v, (list, dict))})
 
 
+def _machine() -> dict:
+    """Where a timing was measured: CPU, cores, threads, load, versions."""
+    import platform
+
+    import torch
+
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": os.environ.get("OMP_NUM_THREADS", "default"),
+            "torch": torch.__version__, "python": platform.python_version()}  # fmt: skip
+
+
 def _demo(args) -> None:
     notebooks = notebook_files()  # shipped in the package (puretools._notebooks); 05b, 05c sort after 05
     if not notebooks:
         sys.exit(f"No notebooks found in {resource_path('_notebooks')}.")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    # bars print one finished line instead of a widget whose saved frame would read "0%"
+    env = {**os.environ, "PURETOOLS_PROGRESS": "text"}
+    env.pop("MPLBACKEND", None)  # the kernel's inline backend, so figures are saved as images (not "<Figure ...>")
+    record = {"machine": _machine(), "command": "python -m puretools demo", "notebooks": {}}
     for nb in notebooks:
+        load_before = os.getloadavg()[0]
         t = time.perf_counter()
         print(f"executing {nb.name} ...", flush=True)
         subprocess.run(
@@ -243,9 +259,30 @@ def _demo(args) -> None:
              # no saved widget state: offline HTML then shows the explorer's PNG, not an empty widget
              "--ExecutePreprocessor.store_widget_state=False",
              "--output-dir", str(out), str(nb)],
-            check=True, cwd=out,  # not the notebooks' folder: an installed package is not ours to write into
+            check=True, cwd=out, env=env,  # not the notebooks' folder: an installed package is not ours to write into
         )
-        print(f"  -> {out / nb.with_suffix('.html').name} ({time.perf_counter() - t:.0f} s)")
+        seconds = time.perf_counter() - t
+        record["notebooks"][nb.stem] = {"seconds": round(seconds, 1), "load_avg_1min_before": round(load_before, 2),
+                                        "load_avg_1min_after": round(os.getloadavg()[0], 2)}  # fmt: skip
+        print(f"  -> {out / nb.with_suffix('.html').name} ({seconds:.0f} s)")
+        if args.times:  # after every notebook, so an interrupted demo keeps what it measured
+            _write_times(Path(args.times), record)
+    if args.times:
+        loads = ", ".join(str(v["load_avg_1min_before"]) for v in record["notebooks"].values())
+        print(f"times of {len(record['notebooks'])} notebooks -> {args.times} (load average before each: {loads}); "
+              "'python docs/time_notebooks.py' writes them into the README and the notebooks")
+
+
+def _write_times(path: Path, record: dict) -> None:
+    """The demo's timing record, merged into what ``path`` holds (notebooks not run keep their time)."""
+    old = {}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text()).get("notebooks", {})
+        except (ValueError, OSError):
+            old = {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**record, "notebooks": {**old, **record["notebooks"]}}, indent=1) + "\n")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -295,6 +332,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="execute all notebooks headless and write HTML")
     p.add_argument("--out", default="build", help="folder for the HTML files (default: build)")
+    p.add_argument("--times", default=str(Path(__file__).resolve().parent.parent / "docs" / "notebook_times.json"),
+                   help="JSON file for each notebook's wall time and the machine's load (default: %(default)s); "
+                        "'python docs/time_notebooks.py' writes them into the README and the notebooks")
     p.set_defaults(func=_demo)
     return parser
 

@@ -12,7 +12,6 @@ from typing import Literal
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from . import cache, ranks
 from .checks import check_activations, check_images, resolve_device
@@ -20,6 +19,7 @@ from .errors import PuretoolsError
 from .forward import collate_images, forward_to, prepare_model
 from .layouts import Layout, layer_layout
 from .models import lrp_composite
+from .progress import tqdm
 from .reference_type import References, check_references
 from .subnet import Precision, _precision_context, memory_plan, subnetwork, tf32_matmuls
 

@@ -26,6 +26,8 @@ Cases, on a toy model (:func:`compare_on_toy`):
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -33,11 +35,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import toyworld
+from . import cache, toyworld
 from .circuits import circuit_attributions
 from .models import get_module
 from .pipeline import Pipeline
 from .planted import class_activation_units, plant_neurons, planted_sources
+from .progress import tqdm
 from .reference_type import References
 from .references import collect_references
 from .sae import LayerSAE, activations_at_max, sae_split, train_layer_sae
@@ -171,6 +174,8 @@ def compare_on_toy(
     n_ref: int = 100,
     min_share: float = 0.2,
     sae_seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = False,
 ) -> ToyComparison:
     """Every method of :data:`METHODS` on a toy model's natural and planted polysemantic neurons.
 
@@ -189,6 +194,13 @@ def compare_on_toy(
     min_share : float
         Share of the causally labelled references a concept needs to count for a neuron.
     sae_seed : int
+    cache_dir : path or None
+        Store/reuse the whole comparison (and the trained SAE), fingerprinted by the model,
+        every image of both data sets, the methods and every setting above: a rerun reads it
+        back in a fraction of a second (``times_s`` then holds the times of the run that made it).
+    progress : bool
+        Show a progress bar over the four stages (references and causal labels, SAE training,
+        natural neurons, planted neurons).
 
     Returns
     -------
@@ -205,20 +217,48 @@ def compare_on_toy(
     >>> -1 <= small.ari("PURE-gradient", "planted") <= 1
     True
     """
+    key = None
+    if cache_dir is not None:
+        key = cache.fingerprint(kind="toy-comparison", model=cache.model_fingerprint(model),
+                                dataset=cache.dataset_fingerprint(dataset), train=cache.dataset_fingerprint(train),
+                                n_pairs=n_pairs, n_ref=n_ref, min_share=min_share, sae_seed=sae_seed,
+                                methods=list(METHODS), cases=list(CASES))  # fmt: skip
+        found = cache.load_entry(cache_dir, "toy-comparison", key)
+        if found is not None:
+            info = found[1]
+            info["planted_pairs"] = [tuple(p) for p in info["planted_pairs"]]
+            return ToyComparison(**info)
+    bar = tqdm(total=4, desc="benchmark stages", unit="stage", disable=not progress)
+    try:
+        result = _compare_on_toy(model, dataset, train, n_pairs, n_ref, min_share, sae_seed, cache_dir, bar)
+    finally:
+        bar.close()
+    if key is not None:
+        cache.save_cached(cache_dir, "toy-comparison", key, {"done": torch.ones(1)}, dataclasses.asdict(result))
+    return result
+
+
+def _compare_on_toy(model, dataset, train, n_pairs, n_ref, min_share, sae_seed, cache_dir, bar) -> ToyComparison:
+    """The body of :func:`compare_on_toy`; ``bar`` advances once per stage."""
     layer, lower = toyworld.LAYER, toyworld.LOWER_LAYER
     times = {}
     start = time.perf_counter()
-    refs = Pipeline(model, dataset, layer, lower, n_ref=n_ref).references()
+    bar.set_postfix_str("references and causal labels")
+    refs = Pipeline(model, dataset, layer, lower, n_ref=n_ref, progress=False).references()
     causal = toyworld.causal_concepts(model, dataset, layer, refs)  # [C, n_ref]
     n_concepts = len(toyworld.CONCEPTS)
     shares = toyworld.label_shares(causal, n_concepts)
     natural = toyworld.polysemantic_neurons(refs, dataset.labels, min_share=min_share, concepts=causal)
     ks = [int((shares[n] >= min_share).sum()) for n in natural]
     times["references_and_causal_labels"] = time.perf_counter() - start
+    bar.update()
 
     start = time.perf_counter()
-    sae = train_layer_sae(model, train, layer, seed=sae_seed)
+    bar.set_postfix_str("SAE training")
+    sae = train_layer_sae(model, train, layer, seed=sae_seed, cache_dir=cache_dir)
     times["sae_training"] = time.perf_counter() - start
+    bar.update()
+    bar.set_postfix_str("natural neurons")
 
     scores: dict = {m: {} for m in METHODS}
     start = time.perf_counter()
@@ -229,6 +269,8 @@ def compare_on_toy(
             scores[m]["natural"] = _score(labels[m], causal[natural])
             scores[m]["natural-dominant"] = _score(labels[m], dominant)
     times["natural"] = time.perf_counter() - start
+    bar.update()
+    bar.set_postfix_str("planted neurons")
 
     start = time.perf_counter()
     pairs_all = [(a, b) for a in range(n_concepts) for b in range(a + 1, n_concepts)]
@@ -253,6 +295,8 @@ def compare_on_toy(
     for m in METHODS:
         scores[m]["planted"] = _score(labels[m], truth)
     times["planted"] = time.perf_counter() - start
+    bar.update()
+    bar.set_postfix_str("")
 
     names = toyworld.CONCEPTS
     return ToyComparison(

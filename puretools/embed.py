@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -215,7 +217,8 @@ class ClipEmbedder(Embedder):
 
         if pretrained is None or _is_weights_path(pretrained):
             try:
-                clip = create()
+                with _quiet_random_weights():  # random weights were asked for: no warning about them
+                    clip = create()
             except Exception as err:
                 raise WeightsNotFoundError(
                     f"Could not load the CLIP weights file {str(pretrained)!r} into {model!r} "
@@ -257,6 +260,24 @@ class ClipEmbedder(Embedder):
         if not getattr(transformer, "batch_first", True):
             tokens = tokens.transpose(0, 1)
         return tokens.mean(1)
+
+
+class _RandomWeightsFilter(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded ... initialized randomly" record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_weights():
+    """open_clip logs a warning on the root logger when it builds a model without weights."""
+    root, drop = logging.getLogger(), _RandomWeightsFilter()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def _load_clip_pretrained(

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from .circuits import Method
 from .data import denormalize as imagenet_denormalize
@@ -23,6 +22,7 @@ from .forward import collate_images
 from .pipeline import DEFAULT_METHOD, Pipeline
 from .plots import umap_embedding
 from .polysemanticity import polysemanticity_scores
+from .progress import tqdm
 from .reference_type import References
 from .routing import conditional_heatmaps, partition_conditions
 from .toyworld import dominant_concepts
@@ -77,12 +77,16 @@ class ExplorerData:
     umap : dict str -> ndarray [N, n_ref, 2]
         2-D UMAP of each method's features, per neuron.
     concepts : LongTensor [N, n_ref] or None
-        Ground-truth concept of each reference (toy world), for ARI and purity.
+        Ground-truth concept of each reference (toy world), for ARI and purity; -1: no label
+        (left out of the scores and the panel titles).
     concept_names : list of str or None
     eval_space : Tensor [N, n_ref, D] or None
         Embeddings for the intra/inter-cluster distances.
     heatmaps : dict (position, k) -> VirtualHeatmapView
         Heatmaps of the PURE virtual neurons (empty if not precomputed).
+    concepts_name : str
+        Which labels ``concepts`` holds ("causal labels" or "dominant labels"); the scores
+        line and the panel titles name them.
     """
 
     neurons: list[int]
@@ -94,6 +98,7 @@ class ExplorerData:
     concept_names: list[str] | None = None
     eval_space: torch.Tensor | None = None
     heatmaps: dict[tuple[int, int], VirtualHeatmapView] = field(default_factory=dict)
+    concepts_name: str = "dominant labels"
     _labels: dict[tuple[int, str, int], np.ndarray] = field(default_factory=dict, repr=False)
 
     def labels(self, position: int, method: str, k: int, seed: int = 0) -> np.ndarray:
@@ -127,6 +132,7 @@ def prepare_explorer(
     heatmaps: bool = True,
     heatmap_method: Method | None = None,
     method: Method = DEFAULT_METHOD,
+    causal_labels: torch.Tensor | None = None,
 ) -> ExplorerData:
     """Compute circuits, activations, patches, UMAPs and the ranking the explorer needs.
 
@@ -161,6 +167,11 @@ def prepare_explorer(
         clustered on (:class:`puretools.Pipeline`'s defaults).
     method : {"gradient", "lrp"}
         Attribution rule of the circuits.
+    causal_labels : LongTensor [channels of layer, n_ref] or None
+        The ground truth to score against, one concept per reference of ``references`` and -1
+        where none (``toyworld.causal_concepts``). Without it, each reference counts for its
+        dominant concept in ``concept_labels`` (the concept the neuron prefers among those in
+        the image), which the scores line then names.
     """
     denormalize = imagenet_denormalize if denormalize is None else denormalize
     pipe = Pipeline(model, dataset, layer, lower_layer, references, method=method, heatmap_method=heatmap_method,
@@ -169,10 +180,12 @@ def prepare_explorer(
     circuits, acts = pipe.circuits(neurons), pipe.activations(neurons)
     idx = references.indices[neurons]  # [N, R]
     concepts = None
-    if concept_labels is not None:
+    if causal_labels is not None:
+        concepts = torch.as_tensor(causal_labels)[neurons].long()
+    elif concept_labels is not None:
         concepts = torch.stack([dominant_concepts(concept_labels[row]) for row in idx])
-        if eval_space is None:
-            eval_space = concept_labels[idx].float()
+    if concept_labels is not None and eval_space is None:
+        eval_space = concept_labels[idx].float()
     patches = {mode: pipe.patches(neurons, mode=mode, size=patch_size, denormalize=denormalize)
                for mode in ("crop", "mask")}
     features = {"PURE": circuits, "activations": acts}
@@ -193,6 +206,7 @@ def prepare_explorer(
         concepts=None if concepts is None else concepts[order],
         concept_names=None if concept_names is None else list(concept_names),
         eval_space=None if eval_space is None else torch.as_tensor(eval_space)[order],
+        concepts_name="causal labels" if causal_labels is not None else "dominant labels",
     )
     n_ref = references.n_ref
     for position in range(len(neurons)):  # every slider position's clustering, so updates only draw

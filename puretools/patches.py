@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 from zennit.core import Composite
 
 from . import cache
@@ -20,6 +19,7 @@ from .errors import PuretoolsError
 from .forward import collate_images, forward_to, prepare_model
 from .layouts import Layout, layer_layout
 from .models import get_module, lrp_composite
+from .progress import tqdm
 from .reference_type import References, check_references
 
 __all__ = [

@@ -16,13 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from . import cache, forward, ranks, reference_type
 from .checks import check_activations, check_called_once, check_images, resolve_device
 from .errors import PuretoolsError
 from .layouts import Layout, TokenReduce, check_token_reduce, layer_layout
 from .models import get_module
+from .progress import tqdm
 from .reference_type import References
 
 # The engine's steps (ReferencesPlan ... save_references) are public for puretools.distributed, which

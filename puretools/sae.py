@@ -8,6 +8,7 @@ rival PURE is compared with in ``benchmarks/bench_disentangle.py``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from . import cache
 from .checks import resolve_device
 from .errors import PuretoolsError
 from .forward import collate_images, layer_output, prepare_model
@@ -110,6 +112,7 @@ def train_layer_sae(
     lr: float = 1e-3,
     seed: int = 0,
     device: str | torch.device | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> LayerSAE:
     """Train a TopK sparse autoencoder (overcomplete's ``TopKSAE``) on ``layer``'s activations.
 
@@ -136,6 +139,9 @@ def train_layer_sae(
     seed : int
         Seeds the initialisation and the shuffling.
     device : str or torch.device, optional
+    cache_dir : path or None
+        Store/reuse the trained SAE (its weights, scale, R2 and dead share), fingerprinted by
+        the model, every image of ``dataset``, the layer and every setting above.
 
     Returns
     -------
@@ -157,6 +163,20 @@ def train_layer_sae(
     device = resolve_device(device, model)
     model = prepare_model(model, device)
     n_images = len(dataset) if n_images is None else min(int(n_images), len(dataset))
+    key = None
+    if cache_dir is not None and not cache.items_change(dataset):
+        from importlib.metadata import version
+
+        key = cache.fingerprint(kind="layer-sae", model=cache.model_fingerprint(model),
+                                dataset=cache.dataset_fingerprint(dataset), layer=layer, n_latents=n_latents,
+                                top_k=top_k, epochs=epochs, n_images=n_images, batch_size=batch_size, lr=lr,
+                                seed=seed, overcomplete=version("overcomplete"))  # fmt: skip
+        found = cache.load_entry(cache_dir, "layer-sae", key)
+        if found is not None:
+            weights, info = found
+            sae = TopKSAE(info["c"], nb_concepts=info["n_latents"], top_k=info["top_k"], device=str(device))
+            sae.load_state_dict(weights)
+            return LayerSAE(sae.eval(), layer, info["n_latents"], info["top_k"], info["scale"], info["r2"], info["dead"])
     x = _positions(model, dataset, layer, n_images, 256, device)  # [n_images * H * W, C]
     c = x.shape[1]
     n_latents = 4 * c if n_latents is None else int(n_latents)
@@ -181,6 +201,9 @@ def train_layer_sae(
         _, codes, x_hat = sae(x)
         r2 = float(r2_score(x, x_hat))
         dead = float(((codes > 0).sum(0) == 0).float().mean())
+    if key is not None:
+        cache.save_cached(cache_dir, "layer-sae", key, sae.state_dict(),
+                          {"c": c, "n_latents": n_latents, "top_k": top_k, "scale": scale, "r2": r2, "dead": dead})
     return LayerSAE(sae, layer, n_latents, top_k, scale, r2, dead)
 
 

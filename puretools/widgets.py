@@ -56,9 +56,14 @@ def explorer_scores(data: ExplorerData, position: int, k: int, method: str) -> d
 def _concept_mix_text(data: ExplorerData, position: int, members: np.ndarray) -> str:
     if data.concepts is None or data.concept_names is None or not len(members):
         return ""
-    counts = np.bincount(data.concepts[position][members].clamp(min=0).numpy(), minlength=len(data.concept_names))
+    concepts = data.concepts[position][members]
+    concepts = concepts[concepts >= 0]  # references without a label are not counted
+    if not len(concepts):
+        return ""
+    counts = np.bincount(concepts.numpy(), minlength=len(data.concept_names))
     top = np.argsort(-counts)[:2]
-    return ", ".join(f"{data.concept_names[c]} {counts[c] / len(members):.0%}" for c in top if counts[c])
+    return data.concepts_name.split()[0] + ": " + ", ".join(
+        f"{data.concept_names[c]} {counts[c] / len(concepts):.0%}" for c in top if counts[c])
 
 
 def explorer_figure(
@@ -224,7 +229,10 @@ class Explorer:
         parts = [f"<b>neuron {self.data.neurons[pos]}</b> (neuron rank {pos} of 0-{len(self.data.neurons) - 1}, "
                  f"0 = most polysemantic; polysemanticity {self.data.scores[pos]:.2f})", f"k = {k}", method]
         if "ari" in scores:
-            parts.append(f"ARI vs ground truth {scores['ari']:.2f}, purity {scores['purity']:.2f}")
+            left_out = int(scores.get("n_excluded", 0))
+            parts.append(f"ARI vs ground truth {scores['ari']:.2f}, purity {scores['purity']:.2f} "
+                         f"({self.data.concepts_name}" + (f"; {left_out} references without one left out)"
+                                                          if left_out else ")"))
         if "intra" in scores:
             parts.append(f"distances intra {scores['intra']:.2f} / inter {scores['inter']:.2f} "
                          f"(unclustered {scores['unclustered']:.2f})")
@@ -233,6 +241,9 @@ class Explorer:
     def _repr_mimebundle_(self, include=None, exclude=None, **kwargs) -> dict:
         """The widget view plus the current figure as ``image/png`` (shown where widgets cannot be)."""
         bundle = dict(self.widget._repr_mimebundle_(include=include, exclude=exclude, **kwargs) or {})
-        bundle["image/png"] = base64.b64encode(self.image.value).decode("ascii")
+        png = base64.b64encode(self.image.value).decode("ascii")
+        bundle["image/png"] = png
+        # a static page (no widget state) shows the scores line and the figure
+        bundle["text/html"] = f'<div class="puretools-scores">{self.scores.value}</div><img src="data:image/png;base64,{png}">'
         bundle["text/plain"] = f"Explorer of {len(self.data.neurons)} neurons (static image of the current view)"
         return bundle

@@ -46,3 +46,37 @@ def test_quick_benchmark_prints_one_row_per_method(tmp_path):
     assert balance == sorted(balance, reverse=True) and balance[-1] > 0.3
     # on planted neurons PURE's circuits find the two sources far above chance
     assert saved["table"]["PURE-gradient"]["planted"]["mean"] > 0.5
+
+
+@pytest.mark.slow
+def test_comparison_and_its_sae_are_cached(tmp_path, monkeypatch):
+    """A rerun with the same model, images and settings reads the comparison back (no SAE training,
+    no circuits); the SAE alone is also cached, so another comparison of the same model reuses it."""
+    import torch
+
+    import puretools as pt
+    import puretools.disentangle as dis
+    import puretools.sae as sae_module
+    from puretools import toyworld
+
+    model = pt.load_model("toy")
+    test, train = toyworld.ToyWorld("test", n=300), toyworld.ToyWorld("train", n=60)
+    first = dis.compare_on_toy(model, test, train, n_pairs=1, n_ref=10, cache_dir=tmp_path)
+
+    def fails(*args, **kwargs):
+        raise AssertionError("recomputed although cached")
+
+    monkeypatch.setattr(dis, "_compare_on_toy", fails)
+    again = dis.compare_on_toy(model, test, train, n_pairs=1, n_ref=10, cache_dir=tmp_path)
+    assert again == first
+    with pytest.raises(AssertionError, match="recomputed"):  # other settings: another entry
+        dis.compare_on_toy(model, test, train, n_pairs=2, n_ref=10, cache_dir=tmp_path)
+    monkeypatch.undo()
+
+    trained = sae_module.train_layer_sae(model, train, "layer4", epochs=2, cache_dir=tmp_path)
+    monkeypatch.setattr(sae_module, "_positions", fails)  # a cached SAE reads no activations
+    loaded = sae_module.train_layer_sae(model, train, "layer4", epochs=2, cache_dir=tmp_path)
+    assert torch.allclose(loaded.dictionary, trained.dictionary, atol=1e-6) and loaded.scale == trained.scale
+    assert (loaded.r2, loaded.dead) == (trained.r2, trained.dead)
+    x = torch.rand(7, 8)
+    assert torch.allclose(loaded.encode(x), trained.encode(x), atol=1e-5)

@@ -1,6 +1,7 @@
-"""The self-checks of notebooks 01, 02 and 04-07: every correct form passes, a wrong answer fails
-(False, or ExerciseError in strict mode) without printing the expected answer, and each check's
-own route to the answer agrees with the package's."""
+"""The self-checks of notebooks 01-07: every correct form passes, a wrong answer fails (False, or
+ExerciseError in strict mode) without printing the expected answer, each check's own route to
+the answer agrees with the package's, and a wrong answer gets a hint that says what is wrong
+with it (its type, shape, length, or value and how far off)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,19 @@ from torch import nn
 
 from puretools.circuits import circuit_attributions
 from puretools.evaluate import cluster_distances, distance_correlation
-from puretools.exercises import ExerciseError, nb01, nb02, nb04, nb05, nb06, nb07
+from puretools.exercises import (
+    ExerciseError,
+    diagnose,
+    nb01,
+    nb02,
+    nb03,
+    nb04,
+    nb05,
+    nb05b,
+    nb05c,
+    nb06,
+    nb07,
+)
 from puretools.patches import crop_box
 from puretools.virtual import VirtualNeurons
 from puretools.widgets import ExplorerData, explorer_scores
@@ -98,13 +111,25 @@ def test_nb02_top_channel(capsys, monkeypatch):
 
 # --- notebook 04 ---------------------------------------------------------------------------
 
-def test_nb04_boxes_inside(capsys, monkeypatch):
-    images, heat = torch.rand(3, 3, 12, 12), torch.rand(3, 12, 12)
-    check = lambda a: nb04.check_all_boxes_inside(a, images, heat)
-    ok, _ = verdicts(check, [True, np.bool_(True), torch.tensor(True)], capsys, monkeypatch)
+def test_nb04_border_boxes(capsys, monkeypatch):
+    heat = torch.zeros(3, 12, 12)
+    heat[0, 0, 0] = heat[1, 6, 6] = heat[2, 11, 3] = 1.0  # a corner, the middle, the bottom edge
+    check = lambda a: nb04.check_border_boxes(a, heat)
+    ok, _ = verdicts(check, [2, np.int64(2), torch.tensor(2)], capsys, monkeypatch)
     assert ok == [True] * 3
-    assert verdicts(check, [1.0, "True"], capsys, monkeypatch)[0] == [False, False]
-    fails_quietly(check, False, "True", capsys, monkeypatch)
+    assert verdicts(check, [True, 2.5, "2"], capsys, monkeypatch)[0] == [False] * 3
+    fails_quietly(check, 1, "2 boxes", capsys, monkeypatch)
+
+
+def test_nb04_interior_case_is_decided_by_the_rounding_rule():
+    heat = torch.zeros(3, 16, 16)
+    heat[0, 0, 2:9] = 1.0  # at the border
+    heat[1, 6:8, 4:12] = 1.0  # interior, 2 x 8 (blurred wider): even surplus?
+    heat[2, 7, 4:12] = 1.0  # interior, 1 x 8 (blurred wider)
+    r = nb04.interior_case(heat, 0.1)
+    assert r in (1, 2)
+    top, left, size = crop_box(heat[r], threshold=0.1)
+    assert 0 < top and 0 < left and top + size < 16 and left + size < 16
 
 
 def test_nb04_crop_box_by_hand(capsys, monkeypatch):
@@ -120,10 +145,10 @@ def test_nb04_crop_box_by_hand(capsys, monkeypatch):
 
 
 def test_nb04_crop_area(capsys, monkeypatch):
-    images, heat = torch.rand(4, 3, 10, 10), torch.zeros(4, 10, 10)
+    heat = torch.zeros(4, 10, 10)
     heat[:, 2:4, 2:4] = 1.0
     expected = {t: float(np.mean([crop_box(h, threshold=t)[2] ** 2 / 100 for h in heat])) for t in (0.1, 0.5)}
-    check = lambda a: nb04.check_crop_area(a, images, heat, (0.1, 0.5))
+    check = lambda a: nb04.check_crop_area(a, heat, (0.1, 0.5))
     tensors = {t: torch.tensor(v) for t, v in expected.items()}
     assert verdicts(check, [expected, tensors], capsys, monkeypatch)[0] == [True, True]
     fails_quietly(check, {0.1: 1.0, 0.5: 1.0}, f"{expected[0.1]:.2f}", capsys, monkeypatch)
@@ -187,7 +212,7 @@ def test_nb06_best_gap_and_purity_agree_with_explorer_scores(explorer_data, caps
 
 # --- notebook 07 ---------------------------------------------------------------------------
 
-def test_nb07_sizes_and_nearest_centroid_agree_with_assign(capsys, monkeypatch):
+def test_nb07_sizes_and_agreement(capsys, monkeypatch):
     g = torch.Generator().manual_seed(1)
     circuits = torch.cat([torch.randn(7, 3, generator=g), torch.randn(5, 3, generator=g) + 4])
     vn = VirtualNeurons(seed=0).fit(circuits, k=2)
@@ -195,9 +220,135 @@ def test_nb07_sizes_and_nearest_centroid_agree_with_assign(capsys, monkeypatch):
     counts = torch.bincount(vn.labels[0])
     assert verdicts(sizes, [counts, counts.tolist()], capsys, monkeypatch)[0] == [True, True]
     fails_quietly(sizes, counts.flip(0), str(counts.tolist()), capsys, monkeypatch)
-    new = torch.randn(9, 3, generator=g) * 3 + 2
-    assigned = vn.assign(new, neuron=0)
-    check = lambda a: nb07.check_nearest_centroid(a, new, vn.centroids[0])
-    assert verdicts(check, [assigned, assigned.tolist(), assigned.numpy()], capsys, monkeypatch)[0] == [True] * 3
-    fails_quietly(check, 1 - assigned, str(assigned.tolist()), capsys, monkeypatch)
-    assert verdicts(check, [None, 0, assigned[:-1]], capsys, monkeypatch)[0] == [False] * 3  # malformed
+    from sklearn.metrics import adjusted_rand_score
+
+    pure = torch.randint(0, 2, (3, 12), generator=g)
+    base = torch.randint(0, 3, (3, 12), generator=g)
+    base[1] = 1 - pure[1]  # the same split under other cluster numbers: ARI 1
+    ari = [adjusted_rand_score(p, b) for p, b in zip(pure, base)]
+    check = lambda a: nb07.check_agreement(a, pure, base)
+    assert verdicts(check, [ari, torch.tensor(ari), np.array(ari)], capsys, monkeypatch)[0] == [True] * 3
+    fails_quietly(check, [a + 0.2 for a in ari], f"{ari[0]:.3f}", capsys, monkeypatch)
+    assert verdicts(check, [pure[0], None, ari[:-1]], capsys, monkeypatch)[0] == [False] * 3  # vn.labels[0] is not it
+
+
+# --- hints that say what is wrong -----------------------------------------------------------
+
+def message(check, wrong, capsys, monkeypatch) -> str:
+    ok, printed = verdicts(check, [wrong], capsys, monkeypatch)
+    assert ok == [False], printed
+    return printed
+
+
+@pytest.mark.parametrize(("answer", "expected", "categorical", "says"), [
+    (True, 3, False, "expected a whole number (an int), got a bool"),
+    (2.5, 3, False, "expected a whole number (an int), got a float"),
+    ([1, 2], 3, False, "expected a whole number (int), got a list of 2 items"),
+    (5, 3, False, "off by 2"),
+    (5, 3, True, "not the right one"),
+    (0.6, 0.5, False, "off by about 20 % of the expected value"),
+    ([1, 2, 3], [1, 2, 3, 4], False, "expected 4 items, got 3"),
+    (torch.zeros(50, 1), torch.zeros(50), False, "expected shape (50,), got a tensor of shape (50, 1)"),
+    ([3, 2, 1], [1, 2, 3], False, "2 of 3 entries are wrong (the right values in the wrong order)"),
+    (torch.tensor([0.0, 1.5]), torch.tensor([0.0, 1.0]), False, "1 of 2 entries are wrong (largest difference 0.5)"),
+    ({0.1: 1.0}, {0.1: 1.0, 0.3: 0.5}, False, "missing [0.3]"),
+    ({"a": 1.0}, {"a": 2.0}, False, "wrong value for 'a' (right type, wrong value: off by 1)"),
+    (["ring", "disc"], ["ring", "star"], False, "1 of 2 items are wrong"),
+    ("3", 3, False, "expected a whole number (int), got a string"),
+])
+def test_diagnose_names_type_shape_length_or_value(answer, expected, categorical, says):
+    assert says in diagnose(answer, expected, categorical=categorical)
+
+
+def test_a_type_error_gets_no_method_hint(capsys, monkeypatch):
+    labels = torch.tensor([[1, 0], [0, 1]])
+    check = lambda a: nb01.check_top_neuron(a, labels, torch.tensor([[0, 0], [1, 1]]), concept=0)
+    printed = message(check, 0.0, capsys, monkeypatch)
+    assert "got a float" in printed and "argmax" not in printed  # the method is fine, the type is not
+    assert "argmax" in message(check, 1, capsys, monkeypatch)  # a wrong neuron: the method hint helps
+
+
+def _toy():
+    import puretools as pt
+    from puretools import toyworld
+
+    model, data = pt.load_model("toy"), toyworld.ToyWorld("test", n=300)
+    return model, data, pt.collect_references(model, data, "layer4", n_ref=10, progress=False)
+
+
+def _cases():
+    """(name, check, a wrong answer, what its hint must say) for every exercise of the tutorial."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.tensor([[1, 0], [0, 1], [1, 1]])
+    model2 = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3)).eval()
+    images = torch.randn(20, 3, 8, 8, generator=g)
+    circ = torch.randn(6, 4, generator=g)
+    tiny = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(), nn.Conv2d(5, 4, 3, padding=1), nn.ReLU()).eval()
+    tiny_data = torch.utils.data.TensorDataset(torch.randn(6, 3, 6, 6, generator=g), torch.zeros(6))
+    x, lab = torch.randn(12, 4, generator=g), torch.tensor([0] * 6 + [1] * 6)
+    heat = torch.zeros(3, 12, 12)
+    heat[0, 0, 0] = heat[1, 6, 6] = heat[2, 11, 3] = 1.0
+    ref_labels = torch.eye(16)[[0, 0, 3, 3]]
+    vn = VirtualNeurons(seed=0).fit(torch.cat([torch.zeros(4, 2), torch.full((4, 2), 5.0)]), k=2)
+    f = {"PURE": torch.tensor([[[0.0], [0.1], [5.0], [5.1]]]), "activations": torch.tensor([[[0.0], [5.0], [0.1], [5.1]]])}
+    ed = ExplorerData([7], [1.0], f, {}, {}, concepts=torch.tensor([[2, 2, 4, -1]]))
+    pure, base = torch.tensor([[0, 0, 1, 1]] * 2), torch.tensor([[1, 1, 0, 0], [0, 1, 0, 1]])
+    return [
+        ("01-1", lambda a: nb01.check_top_neuron(a, labels, torch.tensor([[0, 1], [1, 2]]), concept=0), "0",
+         "expected a whole number (int), got a string"),
+        ("01-2", lambda a: nb01.check_top_references(a, model2, images, "2", neuron=1, n=5), [0, 1, 2, 3],
+         "expected 5 items, got 4"),
+        ("02-1", lambda a: nb02.check_top_channel(a, circ, torch.tensor([1, 1, 2, 2, 1, 2]), concept=1), [0, 1],
+         "expected a whole number (int), got a list of 2 items"),
+        ("02-2", lambda a: nb02.check_circuit(a, tiny, tiny_data, "3", "1", torch.tensor([[0, 1]] * 4), neuron=2,
+                                              reference=1), torch.zeros(4), "expected 5 items, got 4"),
+        ("03-1", lambda a: nb03.check_vn_names(a, ref_labels, torch.tensor([0, 0, 1, 1])), ["disc"],
+         "expected 2 items, got 1"),
+        ("03-2", lambda a: nb03.check_assignment(a, x, x[:2]), torch.zeros(12, 1, dtype=torch.long),
+         "expected shape (12,), got a tensor of shape (12, 1)"),
+        ("04-1", lambda a: nb04.check_border_boxes(a, heat), 5, "off by 3"),
+        ("04-2", lambda a: nb04.check_crop_box(a, heat[1], 0.1), (1, 2), "expected 3 items, got 2"),
+        ("04-3", lambda a: nb04.check_crop_area(a, heat, (0.1, 0.5)), {0.1: 0.5}, "missing [0.5]"),
+        ("05-1", lambda a: nb05.check_inter(a, x, lab), [1.0, 2.0], "expected a number, got a list of 2 items"),
+        ("05-2", lambda a: nb05.check_intra(a, x, lab), 1.1 * cluster_distances(x, lab).intra,
+         "off by about 10 % of the expected value"),
+        ("05-3", lambda a: nb05.check_distance_correlation(a, x, torch.randn(12, 3, generator=g)), "0.5",
+         "expected a number, got a string"),
+        ("05c-1", lambda a: nb05c.check_busiest_group(a, torch.rand(6, 2, generator=g),
+                                                      {"a": torch.arange(3), "b": torch.arange(3, 6)}, virtual=1),
+         3, "expected a string, got an int"),
+        ("06-1", lambda a: nb06.check_best_gap(a, ed), 7, "not the right one"),
+        ("06-2", lambda a: nb06.check_purity(a, ed, 0, 2), [1.0], "expected a number, got a list of 1 item"),
+        ("07-1", lambda a: nb07.check_cluster_sizes(a, vn.labels[0]), [4, 3], "1 of 2 entries are wrong"),
+        ("07-2", lambda a: nb07.check_agreement(a, pure, base), pure[0], "expected 2 items, got 4"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(17))
+def test_every_exercise_says_what_is_wrong(case, capsys, monkeypatch):
+    name, check, wrong, says = _cases()[case]
+    printed = message(check, wrong, capsys, monkeypatch)
+    assert says in printed, f"exercise {name}: {printed!r}"
+
+
+@pytest.mark.slow
+def test_nb05b_and_05c_hints_say_what_is_wrong(capsys, monkeypatch):
+    import puretools as pt
+
+    model, data, refs = _toy()
+    from puretools.toyworld import causal_effects
+
+    effects = causal_effects(model, data, "layer4", refs)
+    check = lambda a: nb05b.check_labelled_at(a, effects, 0, min_drop=0.3)
+    best = effects.drop[0].nan_to_num(-1.0).amax(-1)
+    assert verdicts(check, [int((best >= 0.3).sum())], capsys, monkeypatch)[0] == [True]
+    assert verdicts(check, [int((best >= 0.5).sum())], capsys, monkeypatch)[0] == [bool((best >= 0.3).sum() ==
+                                                                                         (best >= 0.5).sum())]
+    assert "expected a whole number (an int), got a float" in message(check, 2.5, capsys, monkeypatch)
+    image = int(next(i for i in refs.indices[3] if len(data.objects(int(i))) >= 2))
+    check = lambda a: nb05b.check_causal_label(a, model, data, "layer4", 3, image)
+    assert "expected a whole number (an int), got a bool" in message(check, True, capsys, monkeypatch)
+    circuits = pt.circuit_attributions(model, data, "layer4", "layer3", refs, neurons=[2], progress=False)
+    vn = pt.VirtualNeurons(seed=0).fit(circuits, k=2, neurons=[2], layer="layer4", lower_layer="layer3")
+    check = lambda a: nb05c.check_route_by_hand(a, model, data[0][0], "layer4", "layer3", vn, 2)
+    assert "expected 2 items, got 1" in message(check, (circuits[0, 0],), capsys, monkeypatch)

@@ -54,16 +54,18 @@ def check_top_neuron(answer: Any, labels: torch.Tensor, reference_indices: torch
         value = a.item() if hasattr(a, "item") else a
         return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and int(value) in best
 
-    return report(exercise, answer, correct=correct,
+    return report(exercise, answer, correct=correct, like=min(best),
                   hint="for each neuron, the share of its references whose label has the concept; take the argmax")
 
 
 def check_top_references(answer: Any, model: nn.Module, images: torch.Tensor, layer: str, neuron: int,
-                         n: int = 5, batch_size: int = 500, exercise: str = "Exercise 2") -> bool:
+                         n: int = 5, batch_size: int = 500, candidates: torch.Tensor | None = None,
+                         exercise: str = "Exercise 2") -> bool:
     """Exercise: the ``n`` most activating images of ``neuron`` (by spatial max), best first.
 
-    The expected indices come from a forward hook on ``layer`` over all ``images`` (not from
-    ``collect_references``).
+    The expected indices come from a forward hook on ``layer`` (not from ``collect_references``),
+    over all ``images``, or, to answer in a fraction of a second, over ``candidates`` and the
+    answer's own indices only.
 
     Parameters
     ----------
@@ -76,6 +78,9 @@ def check_top_references(answer: Any, model: nn.Module, images: torch.Tensor, la
     neuron : int
         Channel of ``layer``.
     n : int
+    candidates : LongTensor or None
+        Data-set indices known to hold the ``n`` most activating images (e.g. the neuron's
+        reference samples ``refs.indices[neuron]``); None: run the model on every image.
 
     Returns
     -------
@@ -90,6 +95,12 @@ def check_top_references(answer: Any, model: nn.Module, images: torch.Tensor, la
     Exercise 2: correct!
     True
     """
+    pool = None
+    if candidates is not None:
+        given = _indices(answer)
+        given = given[(given >= 0) & (given < len(images))]
+        pool = torch.unique(torch.cat([torch.as_tensor(candidates).flatten().long(), given]))
+        images = images[pool]
     module = dict(model.named_modules())[layer]
     maxima: list[torch.Tensor] = []
     handle = module.register_forward_hook(lambda _m, _i, out: maxima.append(out[:, neuron].flatten(1).amax(1)))
@@ -100,6 +111,19 @@ def check_top_references(answer: Any, model: nn.Module, images: torch.Tensor, la
     finally:
         handle.remove()
     expected = torch.cat(maxima).topk(n).indices
+    if pool is not None:
+        expected = pool[expected]
     return report(exercise, answer, expected,
                   hint=f"one value per image: the maximum of channel {neuron} over its spatial positions; "
                        f"then the {n} largest, best first (torch.topk)")
+
+
+def _indices(answer: Any) -> torch.Tensor:
+    """The integer entries of an answer as a flat LongTensor (empty when it holds none)."""
+    try:
+        t = torch.as_tensor(np.asarray(answer)).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        return torch.empty(0, dtype=torch.long)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        return torch.empty(0, dtype=torch.long)
+    return t.long()

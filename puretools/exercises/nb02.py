@@ -60,7 +60,7 @@ def check_circuit(answer: Any, model: nn.Module, dataset: Dataset, layer: str, l
         a = torch.as_tensor(np.asarray(a.detach() if isinstance(a, torch.Tensor) else a)).double().reshape(-1)
         return a.shape == expected.shape and bool(torch.allclose(a, expected, atol=1e-4, rtol=1e-3))
 
-    return report(exercise, answer, correct=correct,
+    return report(exercise, answer, correct=correct, like=expected,
                   hint="start the backward pass with relu(a_k) on channel k only, multiply the gradient by the "
                        "lower activations, sum over space and divide by the L1 norm (section 1)")
 
@@ -98,6 +98,6 @@ def check_top_channel(answer: Any, circuits: torch.Tensor, concepts: torch.Tenso
         value = a.item() if hasattr(a, "item") else a
         return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and int(value) in best
 
-    return report(exercise, answer, correct=correct,
+    return report(exercise, answer, correct=correct, like=min(best),
                   hint="keep the rows whose dominant concept is the one asked, average them per channel, "
                        "take the argmax (signed relevance, not its absolute value)")

@@ -28,7 +28,7 @@ def check_vn_names(answer: Any, ref_labels: torch.Tensor, labels: torch.Tensor) 
     for c in range(int(labels.max()) + 1):
         members = np.asarray(ref_labels[labels == c] > 0)
         expected.append(CONCEPTS[int(np.argmax(members.mean(0)))])
-    return report("Exercise 1", answer, correct=lambda a: [str(v) for v in a] == expected,
+    return report("Exercise 1", answer, correct=lambda a: [str(v) for v in a] == expected, like=expected,
                   hint="one name per virtual neuron, VN 0 first; count how many references of each "
                        "cluster contain each concept")
 

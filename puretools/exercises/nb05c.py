@@ -46,6 +46,6 @@ def check_route_by_hand(
             and int(route) == expected_route
         )
 
-    return report("Exercise 2", answer, correct=correct,
+    return report("Exercise 2", answer, correct=correct, like=(expected_circuit, expected_route),
                   hint="answer is (circuit, virtual id); the circuit is grad x activation at the lower layer, "
                        "summed over space and divided by its L1 norm; the id is the nearest centroid")  # fmt: skip

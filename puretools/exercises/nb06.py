@@ -53,10 +53,12 @@ def check_best_gap(answer: Any, explorer_data: Any, k: int = 2, exercise: str = 
     gaps = []
     for position in range(len(explorer_data.neurons)):
         truth = np.asarray(explorer_data.concepts[position])
-        ari = {m: adjusted_rand_score(truth, explorer_data.labels(position, m, k)) for m in ("PURE", "activations")}
+        keep = truth >= 0  # references without a label (-1) are not scored
+        ari = {m: adjusted_rand_score(truth[keep], explorer_data.labels(position, m, k)[keep])
+               for m in ("PURE", "activations")}
         gaps.append(ari["PURE"] - ari["activations"])
     best = {p for p, g in enumerate(gaps) if np.isclose(g, max(gaps), rtol=0, atol=1e-12)}
-    return report(exercise, answer, correct=lambda a: _int(a) in best,
+    return report(exercise, answer, correct=lambda a: _int(a) in best, like=min(best),
                   hint="one ARI gap per rank position (PURE minus activations); the answer is the position "
                        "of the largest, not the neuron id")
 
@@ -89,11 +91,14 @@ def check_purity(answer: Any, explorer_data: Any, position: int, k: int, method:
     Exercise 2: correct!
     True
     """
-    labels = np.asarray(explorer_data.labels(position, method, k)).tolist()
-    truth = np.asarray(explorer_data.concepts[position]).tolist()
+    truth = np.asarray(explorer_data.concepts[position])
+    keep = truth >= 0  # references without a label (-1) are not scored
+    labels = np.asarray(explorer_data.labels(position, method, k))[keep].tolist()
+    truth = truth[keep].tolist()
     majority = 0
     for c in set(labels):
         majority += Counter(t for t, lab in zip(truth, labels) if lab == c).most_common(1)[0][1]
     return report(exercise, answer, majority / len(labels),
-                  hint="per virtual neuron, the count of its most common concept (collections.Counter); "
-                       "add them up and divide by the number of references")
+                  hint="leave out the references without a label (-1); per virtual neuron, the count of its "
+                       "most common concept (collections.Counter); add them up and divide by the number of "
+                       "labelled references")

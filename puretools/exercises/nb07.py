@@ -1,7 +1,7 @@
 """Self-checks for notebook 07 (your own model).
 
-The nearest-centroid assignment is recomputed with a plain loop over centroids (not with
-:meth:`puretools.VirtualNeurons.assign`); the sizes by counting labels.
+The agreement of two splits is an adjusted Rand index computed from the contingency table here
+(not with scikit-learn); the sizes by counting labels.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 from . import report
 
-__all__ = ["check_cluster_sizes", "check_nearest_centroid"]
+__all__ = ["check_agreement", "check_cluster_sizes"]
 
 
 def check_cluster_sizes(answer: Any, labels: Any, exercise: str = "Exercise 1") -> bool:
@@ -41,17 +41,28 @@ def check_cluster_sizes(answer: Any, labels: Any, exercise: str = "Exercise 1") 
     return report(exercise, answer, expected, hint="one count per virtual neuron 0, 1, ..., in that order")
 
 
-def check_nearest_centroid(answer: Any, circuits: torch.Tensor, centroids: torch.Tensor,
-                           exercise: str = "Exercise 2") -> bool:
-    """Exercise: the virtual neuron of each sample: the index of its nearest centroid.
+def _ari(a: list[int], b: list[int]) -> float:
+    """Adjusted Rand index from the contingency table (Hubert and Arabie), without scikit-learn."""
+    n = len(a)
+    pairs = lambda x: x * (x - 1) / 2
+    table = Counter(zip(a, b))
+    index = sum(pairs(v) for v in table.values())
+    rows = sum(pairs(v) for v in Counter(a).values())
+    cols = sum(pairs(v) for v in Counter(b).values())
+    expected = rows * cols / pairs(n) if n > 1 else 0.0
+    top = (rows + cols) / 2
+    return 1.0 if top == expected else float((index - expected) / (top - expected))
+
+
+def check_agreement(answer: Any, labels: Any, baseline_labels: Any, exercise: str = "Exercise 2") -> bool:
+    """Exercise: per neuron, the adjusted Rand index between PURE's split and the activation baseline's.
 
     Parameters
     ----------
-    answer : LongTensor [M] or list of int
-    circuits : Tensor [M, D]
-        Circuits of one neuron's samples.
-    centroids : Tensor [k, D]
-        That neuron's virtual-neuron centroids (``vn.centroids[i]``).
+    answer : list of float or Tensor [N]
+        One ARI per neuron, in the order of ``labels``.
+    labels, baseline_labels : LongTensor [N, n_ref]
+        ``vn.labels`` and ``baseline.labels``.
 
     Returns
     -------
@@ -59,13 +70,14 @@ def check_nearest_centroid(answer: Any, circuits: torch.Tensor, centroids: torch
 
     Examples
     --------
-    >>> check_nearest_centroid([0, 1], torch.tensor([[0.0, 0], [4, 4]]), torch.tensor([[1.0, 0], [3, 3]]))
+    >>> pure, base = torch.tensor([[0, 0, 1, 1], [0, 1, 0, 1]]), torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1]])
+    >>> check_agreement([1.0, -0.5], pure, base)
     Exercise 2: correct!
     True
     """
-    x = np.asarray(torch.as_tensor(circuits).detach().double())
-    c = np.asarray(torch.as_tensor(centroids).detach().double())
-    expected = [min(range(len(c)), key=lambda j, row=row: float(np.sum((row - c[j]) ** 2))) for row in x]
+    a = np.asarray(torch.as_tensor(labels)).tolist()
+    b = np.asarray(torch.as_tensor(baseline_labels)).tolist()
+    expected = [_ari(x, y) for x, y in zip(a, b)]
     return report(exercise, answer, expected,
-                  hint="the Euclidean distance of every sample to every centroid (torch.cdist), then the "
-                       "argmin over centroids")
+                  hint="one number per neuron: sklearn.metrics.adjusted_rand_score(vn.labels[j], baseline.labels[j]); "
+                       "1 means the same split (whatever the cluster numbers), about 0 unrelated splits")
