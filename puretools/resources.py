@@ -71,8 +71,8 @@ def load_benchmark_results(name: str) -> dict[str, Any]:
 
     Examples
     --------
-    >>> sorted(load_benchmark_results("disentangle"))[:2]
-    ['argv', 'machine']
+    >>> "machine" in load_benchmark_results("disentangle")
+    True
     """
     path = resource_path("_results", f"{name}.json")
     if not path.is_file():
