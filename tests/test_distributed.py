@@ -258,7 +258,8 @@ def test_every_rank_gets_the_one_process_result(ranks, single, name):
 def test_references_carry_every_field_of_one_process(ranks, single):
     """layer, channels and the WHOLE data set's fingerprint, not a shard's (field by field above)."""
     model, data = toy()
-    indices, values, layer, channels, dataset = single["toy_refs"]
+    indices, values, layer, channels, dataset, token_reduce = single["toy_refs"]
+    assert token_reduce == "max"
     assert (layer, channels) == (toyworld.LAYER, values.shape[0])
     assert dataset == pt.cache.dataset_fingerprint(data)  # ToyWorld: hashed image by image
     assert single["rn_refs"][4] == pt.cache.dataset_fingerprint(resnet()[1])  # tensors: hashed up front

@@ -163,24 +163,24 @@ def test_cut_through_timm_blocks_ignores_optional_arguments():
     model = tiny_timm_vit()
     x = torch.randn(2, 3, 32, 32)
     for layer, lower in [("blocks.2", "blocks.1"), ("blocks.2.mlp.act", "blocks.1"), ("blocks.2.mlp.act", "blocks.2.norm2")]:
-        sub = subnetwork(model, lower, layer)
+        sub = subnetwork(model, layer, lower)
         assert torch.equal(sub(layer_output(model, lower, x)), layer_output(model, layer, x))
 
 
 def test_cut_still_refuses_the_real_skip_across_the_residual():
     model = tiny_timm_vit()
     with pytest.raises(PuretoolsError, match="skips 'blocks.1.mlp.act'"):
-        subnetwork(model, "blocks.1.mlp.act", "blocks.2.mlp.act")
+        subnetwork(model, "blocks.2.mlp.act", "blocks.1.mlp.act")
     with pytest.raises(PuretoolsError, match="skips 'blocks.1.mlp.act'"):
-        subnetwork(model, "blocks.1.mlp.act", "blocks.2")
+        subnetwork(model, "blocks.2", "blocks.1.mlp.act")
 
 
 def test_cut_below_a_lower_layer_inside_the_previous_block_reads_it_on_the_way():
     model = tiny_timm_vit().double()
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     with pytest.raises(PuretoolsError, match="cut='blocks.0'"):  # the skip error names the cut that works
-        subnetwork(model, "blocks.1.mlp.act", "blocks.2.mlp.act")
-    sub = subnetwork(model, "blocks.1.mlp.act", "blocks.2.mlp.act", cut="blocks.0")
+        subnetwork(model, "blocks.2.mlp.act", "blocks.1.mlp.act")
+    sub = subnetwork(model, "blocks.2.mlp.act", "blocks.1.mlp.act", cut="blocks.0")
     y, low = sub(layer_output(model, "blocks.0", x).requires_grad_(True))
     grad = torch.autograd.grad(y[:, :, 3].clamp(min=0).sum(), low)[0]
     store = {}  # full-model autograd, the reference
@@ -193,4 +193,4 @@ def test_cut_below_a_lower_layer_inside_the_previous_block_reads_it_on_the_way()
     assert torch.equal(low, store["blocks.1.mlp.act"]) and grad.abs().sum() > 0
     assert (grad - ref).abs().max() <= 1e-12
     with pytest.raises(PuretoolsError, match="not a cut"):
-        subnetwork(model, "blocks.1.mlp.act", "blocks.2.mlp.act", cut="blocks.1.norm2")
+        subnetwork(model, "blocks.2.mlp.act", "blocks.1.mlp.act", cut="blocks.1.norm2")

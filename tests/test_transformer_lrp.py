@@ -304,7 +304,7 @@ def test_lrp_subnetwork_between_two_vit_blocks_conserves_relevance():
 
     torch.manual_seed(0)
     model = _zero_biases(_torchvision_vit()).double().eval()
-    sub = subnetwork(model, "encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1")
+    sub = subnetwork(model, "encoder.layers.encoder_layer_1", "encoder.layers.encoder_layer_0")
     x = torch.randn(2, 17, 32, dtype=torch.float64, requires_grad=True)
     with lrp_composite(model).context(model):
         y = sub(x)
