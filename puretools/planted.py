@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from zennit.layer import Sum
 from torch.utils.data import Dataset
 
 from .checks import resolve_device
@@ -49,14 +50,18 @@ class PlantedLayer(nn.Module):
         super().__init__()
         self.units = units
         self.register_buffer("groups", torch.as_tensor(groups, dtype=torch.long))
+        # modules, not functions, so that LRP has a rule for each (zennit: Pass for the ReLU, Norm
+        # for the Sum: relevance split in proportion to each unit); gradients are unchanged
+        self.relu = nn.ReLU()
+        self.sum = Sum(dim=-1)
 
     def unit_maps(self, h: torch.Tensor) -> torch.Tensor:
         """Rectified unit maps [B, n_units, H, W]."""
-        return torch.relu(self.units(h))
+        return self.relu(self.units(h))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         u = self.unit_maps(h)
-        planted = u[:, self.groups].sum(2)  # [B, P, H, W]
+        planted = self.sum(u[:, self.groups].permute(0, 1, 3, 4, 2))  # [B, P, H, W]
         return torch.cat([h, planted], 1)
 
 
