@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from zennit.layer import Sum
 from torch.utils.data import Dataset
+from zennit.layer import Sum
 
 from .checks import resolve_device
 from .errors import PuretoolsError
