@@ -29,42 +29,38 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
+import common
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_circuits import machine_info, print_machine  # noqa: E402
-
-from puretools import toyworld  # noqa: E402
-from puretools.baselines import (  # noqa: E402
+from puretools import toyworld
+from puretools.baselines import (
     PROTOCOL_METHODS,
     compare_protocol,
     format_protocol_table,
     summarize,
 )
-from puretools.disentangle import CASES, METHODS, aggregate, compare_on_toy, format_table  # noqa: E402
+from puretools.disentangle import CASES, METHODS, aggregate, compare_on_toy, format_table
 
 SAE_TRAIN_IMAGES = 2000
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__)
     p.add_argument("--models", nargs="+", default=["shipped"],
                    help="toy checkpoints: 'shipped' (data/toyworld) or folders/files written by "
                         "`python -m puretools toy train --out DIR` (default: shipped)")
     p.add_argument("--pairs", type=int, default=12, help="planted pairs per model (default 12; --quick: 4)")
-    p.add_argument("--quick", action="store_true", help="the first model only, 4 planted pairs")
+    common.add_quick(p, help="the first model only, 4 planted pairs")
     p.add_argument("--seeds", type=int, default=10, help="k-means seeds on test (default 10; --quick: 3)")
     p.add_argument("--legacy", action="store_true", help="the earlier comparison with planted neurons instead")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--json", default=None, help="write the results to this JSON file")
+    common.add_threads(p, default=1, help="torch threads (default 1)")
+    common.add_json(p, help="write the results to this JSON file")
     return p.parse_args(argv)
 
 
@@ -76,11 +72,8 @@ def checkpoint(spec: str) -> Path:
 
 
 def run_protocol(args) -> dict:
-    torch.set_num_threads(args.threads)
+    info = common.start(None, torch.device("cpu"), args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
-    info = machine_info(torch.device("cpu"))
-    print_machine(info)
-    print("command: python benchmarks/bench_disentangle.py " + " ".join(sys.argv[1:]))
     specs = args.models[:1] if args.quick else args.models
     n_seeds = 3 if args.quick else args.seeds
     grid = ((32, 4),) if args.quick else ((16, 2), (32, 4), (64, 4))
@@ -129,25 +122,21 @@ def run_protocol(args) -> dict:
     wall = time.perf_counter() - start
     result = {
         "benchmark": "bench_disentangle (protocol)", "argv": sys.argv[1:], "machine": info,
-        "load_avg_1min_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "load_avg_1min_end": common.load_avg(),
         "wall_s": round(wall, 1), "methods": list(PROTOCOL_METHODS), "n_seeds": n_seeds,
         "validation_world": "ToyWorld('test', seed=1)", "test_world": "ToyWorld('test')",
         "summary": summary, "models": models,
     }
     print(f"\nwall time {wall:.0f} s; load average (1 min) at end: {result['load_avg_1min_end']}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1, default=float) + "\n")
+        common.write_json(args.json, result, indent=1, default=float, newline=True)
         print(f"wrote {args.json}")
     return result
 
 
 def run(args) -> dict:
-    torch.set_num_threads(args.threads)
+    info = common.start(None, torch.device("cpu"), args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
-    info = machine_info(torch.device("cpu"))
-    print_machine(info)
-    print("command: python benchmarks/bench_disentangle.py " + " ".join(sys.argv[1:]))
     specs = args.models[:1] if args.quick else args.models
     n_pairs = 4 if args.quick else args.pairs
     start = time.perf_counter()
@@ -182,14 +171,13 @@ def run(args) -> dict:
     wall = time.perf_counter() - start
     result = {
         "benchmark": "bench_disentangle", "argv": sys.argv[1:], "machine": info,
-        "load_avg_1min_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "load_avg_1min_end": common.load_avg(),
         "wall_s": round(wall, 1), "methods": list(METHODS), "cases": list(CASES),
         "table": table, "models": models,
     }
     print(f"\nwall time {wall:.0f} s; load average (1 min) at end: {result['load_avg_1min_end']}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        common.write_json(args.json, result, indent=1, newline=True)
         print(f"wrote {args.json}")
     return result
 

@@ -33,20 +33,14 @@ import sys
 import tempfile
 import time
 import warnings
-from pathlib import Path
 
+import common
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from common import random_images
 
-ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT, ROOT / "benchmarks"):  # run from a checkout without installing
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from bench_circuits import machine_info, print_machine, random_images  # noqa: E402
-
-import puretools as pt  # noqa: E402
+import puretools as pt
 
 RATIO_LABEL = "RATIO 1 process / N processes"
 
@@ -100,8 +94,7 @@ def uptime() -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__)
     p.add_argument("--model", default="resnet18", choices=["resnet18", "resnet34", "resnet50"],
                    help="torchvision ResNet with seeded random weights (default resnet18)")
     p.add_argument("--size", type=int, default=112, help="image size (default 112)")
@@ -110,21 +103,20 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64, help="images per batch when collecting (default 64)")
     p.add_argument("--method", default="gradient", choices=["gradient", "lrp"], help="circuit method")
     p.add_argument("--procs", default="1,2", help="comma-separated process counts; 1 is always run (default 1,2)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    common.add_threads(p, default=1, help="torch threads per process (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights (images: seed + 1)")
-    p.add_argument("--quick", action="store_true", help="tiny smoke run (48 px, 64 images, 8 references)")
+    common.add_quick(p, help="tiny smoke run (48 px, 64 images, 8 references)")
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.n_images, args.n_ref = 48, 64, 8
     procs = sorted({1, *(int(n) for n in args.procs.split(","))})
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    info = machine_info(torch.device("cpu"))
-    print(f"== distributed benchmark: {args.model} at {args.size} px, {args.n_images} random images, layer4 <- "
-          f"layer3, {args.method}, {args.n_ref} references, {args.threads} thread(s) per process, gloo ==")
-    print_machine(info)
-    command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
-    print(f"command: {command}")
+    # the threads are set in each worker process, not here
+    info = common.start(f"== distributed benchmark: {args.model} at {args.size} px, {args.n_images} random images, "
+                        f"layer4 <- layer3, {args.method}, {args.n_ref} references, {args.threads} thread(s) per "
+                        "process, gloo ==", torch.device("cpu"))
+    command = common.command_line()
     start_load = uptime()
     print(f"uptime at start: {start_load}")
 

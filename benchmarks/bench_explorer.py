@@ -15,6 +15,7 @@ import statistics
 import tempfile
 import time
 
+import common
 import torch
 
 import puretools as pt
@@ -24,8 +25,8 @@ from puretools.widgets import Explorer, prepare_explorer
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="few neurons, PCA instead of UMAP")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2; 1 on a busy machine)")
+    common.add_quick(parser, help="few neurons, PCA instead of UMAP")
+    common.add_threads(parser, default=2, help="torch threads (default 2; 1 on a busy machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = pt.load_model("toy")

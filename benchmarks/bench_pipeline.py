@@ -22,35 +22,20 @@ Examples
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 import warnings
-from pathlib import Path
 
-import torch
+import common
+from common import DIFF_LABEL, Measure, Skip, load_setup, reference_circuits
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_circuits import (  # noqa: E402
-    DIFF_LABEL,
-    ROOT,
-    Measure,
-    Skip,
-    load_setup,
-    machine_info,
-    print_machine,
-    reference_circuits,
-)
-
-import puretools as pt  # noqa: E402
+import puretools as pt
 
 TARGET_S = 30.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__)
     p.add_argument("--model", default="toy", choices=["toy", "resnet18", "resnet50"],
                    help="toy (default) or a random ResNet on random images (for smoke runs)")
     p.add_argument("--size", type=int, default=None, help="image size for the random ResNet data")
@@ -60,23 +45,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--fit-neurons", type=int, default=None,
                    help="cluster only the first this many neurons (default: all)")
-    p.add_argument("--threads", type=int, default=None)
+    common.add_threads(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--toy-weights", default="default", help="toy checkpoint (default: the shipped one)")
-    p.add_argument("--json", default=None)
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 300 toy images, or a random ResNet-18 at 32 px if the toy world is missing")
+    common.add_json(p)
+    common.add_quick(p, help="smoke run: 300 toy images, or a random ResNet-18 at 32 px if the toy world is missing")
     return p.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> dict | None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = pt.checks.resolve_device(args.device)
-    info = machine_info(device)
-    print(f"== toy-world pipeline benchmark ({device}) ==")
-    print_machine(info)
-    print("command: python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]))
+    info = common.start(f"== toy-world pipeline benchmark ({device}) ==", device, args.threads)
     stages: list[tuple[str, float, float]] = []
     model_name = args.model
     t0 = time.perf_counter()
@@ -146,8 +125,7 @@ def run(args: argparse.Namespace) -> dict | None:
               "k": args.k, "stages": [{"stage": s, "wall_s": w, "cpu_s": c} for s, w, c in stages],
               "pipeline_s": pipeline_s, "total_s": total_s, "max_abs_diff": diff, "machine": info,
               "argv": sys.argv[1:]}
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    common.write_json(args.json, result, default=str)
     return result
 
 

@@ -51,30 +51,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import common
 import torch
+from common import DIFF_LABEL, Measure, Skip, load_setup
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_circuits import (  # noqa: E402
-    DIFF_LABEL,
-    ROOT,
-    Measure,
-    Skip,
-    load_setup,
-    machine_info,
-    print_machine,
-)
-
-import puretools as pt  # noqa: E402
-from puretools.data import image_folder  # noqa: E402
-from puretools.forward import collate_images, layer_output  # noqa: E402
+import puretools as pt
+from puretools.data import image_folder
+from puretools.forward import collate_images, layer_output
 
 JPEG_SIZE = 256
 
@@ -246,8 +236,7 @@ def verify(model, dataset: Dataset, layer: str, refs, device: torch.device, batc
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__)
     p.add_argument("--model", default="resnet18", choices=["toy", "resnet18", "resnet34", "resnet50", "resnet101"])
     p.add_argument("--size", type=int, default=224, help="image size (default 224; ignored for toy in memory)")
     p.add_argument("--n-images", type=int, default=1000, help="in-memory random images (default 1000)")
@@ -268,11 +257,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--skip-memory", action="store_true", help="only the JPEG measurement")
     p.add_argument("--cache", action="store_true", help="also time collect_references with the cache off, missing, hitting")
     p.add_argument("--cache-repeats", type=int, default=5, help="interleaved runs of each for --cache (default 5)")
-    p.add_argument("--threads", type=int, default=None)
+    common.add_threads(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--toy-weights", default="default", help="toy checkpoint (default: the shipped one)")
-    p.add_argument("--json", default=None)
-    p.add_argument("--quick", action="store_true", help="tiny smoke run (64 px, 128 images, 64 JPEGs in a temp dir)")
+    common.add_json(p)
+    common.add_quick(p, help="tiny smoke run (64 px, 128 images, 64 JPEGs in a temp dir)")
     args = p.parse_args(argv)
     if args.quick:
         args.size = 64
@@ -293,16 +282,12 @@ def precision_context(precision: str, device: torch.device):
 
 
 def run(args: argparse.Namespace) -> dict | None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = pt.checks.resolve_device(args.device)
     if device.type == "cuda":
         on = args.precision == "tf32"
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = on
-    info = machine_info(device)
-    print(f"== reference collection benchmark: {args.model} @ {args.size} px, {args.precision}, {device} ==")
-    print_machine(info)
-    print("command: python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]))
+    info = common.start(f"== reference collection benchmark: {args.model} @ {args.size} px, {args.precision}, "
+                        f"{device} ==", device, args.threads)
     try:
         model, dataset, layer, _, data_desc = load_setup(args.model, args.size, args.n_images, args.seed, device,
                                                          max_images=args.n_images if args.quick else None,
@@ -405,9 +390,8 @@ def run(args: argparse.Namespace) -> dict | None:
         result.update(jpeg_files=n_jpeg, jpeg_mean_bytes=mean_size, jpeg=rows)
         if tmp is not None:
             tmp.cleanup()
-    print(f"load average (1 min) at end: {round(os.getloadavg()[0], 2)}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    print(f"load average (1 min) at end: {common.load_avg()}")
+    common.write_json(args.json, result)
     return result
 
 

@@ -30,33 +30,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
+import common
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_circuits import machine_info, print_machine  # noqa: E402
-
-import puretools as pt  # noqa: E402
-from puretools import toyworld  # noqa: E402
+import puretools as pt
+from puretools import toyworld
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser(__doc__)
     p.add_argument("--weights", default=None,
                    help="a toy ViT checkpoint written by `toy train --arch vit --out DIR` (default: the shipped one)")
     p.add_argument("--n-ref", type=int, default=100, help="references per neuron (default 100)")
     p.add_argument("--n-images", type=int, default=None, help="test images (default: the whole split, 3,000)")
     p.add_argument("--min-share", type=float, default=0.2,
                    help="share of the labelled references a concept needs to count for a neuron (default 0.2)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--json", default=None, help="write the results to this JSON file")
+    common.add_threads(p, default=1, help="torch threads (default 1)")
+    common.add_json(p, help="write the results to this JSON file")
     return p.parse_args(argv)
 
 
@@ -115,11 +111,8 @@ def token_mean_activations(model, data, indices: torch.Tensor) -> torch.Tensor:
 
 
 def run(args) -> dict:
-    torch.set_num_threads(args.threads)
+    info = common.start(None, torch.device("cpu"), args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
-    info = machine_info(torch.device("cpu"))
-    print_machine(info)
-    print("command: python benchmarks/bench_toy_vit.py " + " ".join(sys.argv[1:]))
     path = Path(args.weights) if args.weights else toyworld.DATA_DIR / "vit.safetensors"
     record = json.loads((path.parent / "vit_record.json").read_text())
     layer, lower = record["config"]["layer"], record["config"]["lower_layer"]  # VIT_LAYER, VIT_LOWER_LAYER
@@ -220,11 +213,12 @@ def run(args) -> dict:
         print(f"{name:15s}{s['ari_ground_truth_k']:24.2f}{s['ari_silhouette_k']:22.2f}   {s['silhouette_k']}")
     for name, s in scores.items():
         print(f"  {name} per neuron (k = ground truth): {s['per_neuron_ground_truth_k']}")
+    load_end = common.load_avg()
     print(f"\nwall time {wall:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in times.items())}); "
-          f"load average (1 min) at end: {os.getloadavg()[0]:.2f}")
+          f"load average (1 min) at end: {load_end:.2f}")
     result = {
         "benchmark": "bench_toy_vit", "argv": sys.argv[1:], "machine": info,
-        "load_avg_1min_end": round(os.getloadavg()[0], 2), "wall_s": round(wall, 1),
+        "load_avg_1min_end": load_end, "wall_s": round(wall, 1),
         "times_s": {k: round(v, 1) for k, v in times.items()},
         "model": {"sha256": record["sha256"], "config": record["config"],
                   "exact_match_accuracy": record["exact_match_accuracy"], "macro_f1": record["macro_f1"],
@@ -235,8 +229,7 @@ def run(args) -> dict:
         "circuits_engine_vs_autograd_max_abs_diff": diff,
     }
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        common.write_json(args.json, result, indent=1, newline=True)
         print(f"wrote {args.json}")
     return result
 

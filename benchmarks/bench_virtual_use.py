@@ -31,34 +31,30 @@ Examples
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
+import common
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_circuits import machine_info, print_machine  # noqa: E402
-
-import puretools as pt  # noqa: E402
-from puretools import toyworld  # noqa: E402
-from puretools.models import get_module  # noqa: E402
+import puretools as pt
+from puretools import toyworld
+from puretools.models import get_module
 
 LAYER, LOWER = toyworld.LAYER, toyworld.LOWER_LAYER
 ROUTERS = ("PURE-gradient", "act-mean", "act-peak")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = common.parser(__doc__, raw=False)
     p.add_argument("--model", default="shipped", help="toy checkpoint folder (default: the shipped one)")
-    p.add_argument("--quick", action="store_true", help="fewer held-out images")
+    common.add_quick(p, help="fewer held-out images")
     p.add_argument("--sections", nargs="+", default=["heatmaps", "editing"], choices=["heatmaps", "editing"])
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", default=None)
+    common.add_threads(p, default=1)
+    common.add_json(p)
     return p.parse_args(argv)
 
 
@@ -209,11 +205,8 @@ def editing(model, vns, poly, concept, top, n_world, n_channels):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    info = common.start(None, torch.device("cpu"), args.threads)
     warnings.filterwarnings("ignore")
-    info = machine_info(torch.device("cpu"))
-    print_machine(info)
-    print("command: python benchmarks/bench_virtual_use.py " + " ".join(sys.argv[1:]))
     start = time.perf_counter()
     path = toyworld.DATA_DIR / "model.safetensors" if args.model == "shipped" else Path(args.model) / "model.safetensors"
     model = toyworld.load_toy_model(path)
@@ -246,11 +239,10 @@ def main(argv=None) -> int:
                   f"(own / whole) {s['selectivity']:.3f}")
         result["editing"] = {"rows": rows, "summary": summary}
     result["wall_s"] = round(time.perf_counter() - start, 1)
-    result["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
+    result["load_avg_1min_end"] = common.load_avg()
     print(f"\nwall time {result['wall_s']:.0f} s; load average (1 min) at end: {result['load_avg_1min_end']}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        common.write_json(args.json, result, indent=1, newline=True)
         print(f"wrote {args.json}")
     return 0
 

@@ -4,10 +4,11 @@
 # data set (models.register_model, data.register_dataset): importing puretools makes both available.
 from . import distributed, toyworld
 from ._version import __version__
+from .baselines import PROTOCOL_METHODS, format_protocol_table
 from .circuits import circuit_attributions, memory_plan, subnetwork
 from .config import cache_dir, smoke
 from .data import denormalize, image_folder, make_image_folder
-from .disentangle import compare_on_toy
+from .disentangle import CASES, METHODS, aggregate, compare_on_toy, format_table
 from .editing import edit_virtual_neurons
 from .embed import ClipEmbedder, ConceptEmbedder, DinoEmbedder, Embedder, embed_dataset
 from .errors import CacheError, PuretoolsError, WeightsNotFoundError
@@ -66,6 +67,7 @@ from .virtual import VirtualNeurons, activation_features
 
 # sorted (tests/test_public_api.py)
 __all__ = [
+    "CASES",
     "CROP_THRESHOLD",
     "CacheError",
     "ClipEmbedder",
@@ -73,19 +75,22 @@ __all__ = [
     "DinoEmbedder",
     "DistanceTable",
     "Embedder",
+    "Layout",
     "MASK_ALPHA",
+    "METHODS",
     "MeanSem",
     "PAPER_CORRELATIONS",
     "PAPER_DISTANCES",
+    "PROTOCOL_METHODS",
     "Pipeline",
     "PuretoolsError",
-    "Layout",
     "References",
     "VISIBILITY_THRESHOLD",
     "VirtualNeurons",
     "WeightsNotFoundError",
     "__version__",
     "activation_features",
+    "aggregate",
     "cache_dir",
     "canonizer_report",
     "canonizers_for",
@@ -106,6 +111,8 @@ __all__ = [
     "embed_dataset",
     "evaluate_clusterings",
     "evaluate_toy_world",
+    "format_protocol_table",
+    "format_table",
     "get_module",
     "image_folder",
     "layer_layout",

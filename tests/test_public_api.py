@@ -14,11 +14,6 @@ import puretools as pt
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTED = {"toyworld", "widgets", "exercises"}
-#: (notebook, module) -> why it still imports a module that puretools does not export. Keep short.
-KNOWN = {
-    ("05b_ground_truth_and_baselines.ipynb", "disentangle"): "the comparison's table helpers; disentangle.py is "
-    "being rewritten with the baselines (issue 21 leaves exporting them to that change)",
-}
 
 
 def test_all_is_sorted_and_every_name_exists():
@@ -49,10 +44,5 @@ def test_the_scan_finds_reaches_into_modules():
 def test_notebooks_use_only_the_public_api():
     notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
     assert notebooks
-    leaks = [
-        f"{nb.name}: puretools.{module}"
-        for nb in notebooks
-        for module in sorted(_private_uses(_code(nb)))
-        if (nb.name, module) not in KNOWN
-    ]
+    leaks = [f"{nb.name}: puretools.{module}" for nb in notebooks for module in sorted(_private_uses(_code(nb)))]
     assert not leaks, "export these names from puretools (or use a documented subpackage):\n" + "\n".join(leaks)
