@@ -152,8 +152,10 @@ def run(args) -> dict:
     for row in neurons_info:
         print(f"  neuron {row['neuron']}: {'polysemantic' if row['polysemantic'] else 'not polysemantic':17s} "
               f"max at CLS {row['max_at_cls']:.0%}, unlabelled {row['unlabelled']:3d}, {row['top_concepts']}")
-    if not natural:
-        raise SystemExit("No polysemantic neuron by causal labels: nothing to split.")
+    if not natural:  # a result too: record it rather than stop without one
+        print(f"No polysemantic neuron by causal labels (>= 2 concepts with >= {args.min_share:.0%} of the "
+              "labelled references): nothing to split, no ARI.")
+        return _finish(args, info, record, layer, lower, data, neurons_info, natural, [], 0, {}, None, times, start)
 
     methods: dict[str, torch.Tensor] = {}
     t = time.perf_counter()
@@ -205,8 +207,14 @@ def run(args) -> dict:
         scores[name] = {"ari_ground_truth_k": round(ari_fixed, 4), "per_neuron_ground_truth_k": per_fixed,
                         "ari_silhouette_k": round(ari_auto, 4), "per_neuron_silhouette_k": per_auto,
                         "silhouette_k": [int(k) for k in auto.ks]}  # fmt: skip
+    return _finish(args, info, record, layer, lower, data, neurons_info, natural, ks, int((truth < 0).sum()), scores,
+                   diff, times, start)
+
+
+def _finish(args, info, record, layer, lower, data, neurons_info, natural, ks, unlabelled, scores, diff, times,
+            start) -> dict:  # fmt: skip
     wall = time.perf_counter() - start
-    print(f"\npolysemantic neurons {natural} (k {ks}); {int((truth < 0).sum())} of {truth.numel()} references "
+    print(f"\npolysemantic neurons {natural} (k {ks}); {unlabelled} of {len(natural) * args.n_ref} references "
           "without a causal label (left out)")
     print(f"{'method':15s}{'ARI, k = ground truth':>24s}{'ARI, k = silhouette':>22s}   silhouette k")
     for name, s in scores.items():
@@ -225,7 +233,7 @@ def run(args) -> dict:
                   "mean_per_concept_accuracy": record["mean_per_concept_accuracy"]},  # fmt: skip
         "layer": layer, "lower_layer": lower, "n_ref": args.n_ref, "n_images": len(data),
         "min_share": args.min_share, "neurons": neurons_info, "natural_neurons": natural, "natural_k": ks,
-        "unlabelled": int((truth < 0).sum()), "scores": scores,
+        "unlabelled": unlabelled, "scores": scores,
         "circuits_engine_vs_autograd_max_abs_diff": diff,
     }
     if args.json:

@@ -318,7 +318,7 @@ def _parser() -> argparse.ArgumentParser:
     toy = p.add_subparsers(dest="toy_command", required=True)
     t = toy.add_parser("train", help="train a toy model (never overwrites a checkpoint unless --force)")
     t.add_argument("--epochs", type=int, default=None,
-                   help="passes over the train split (default 10; --arch vit: 3)")
+                   help="passes over the train split (default 10; --arch vit: 15)")
     t.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling (default 0)")
     t.add_argument("--arch", choices=("resnet", "vit"), default="resnet",
                    help="the toy ResNet (default; model.safetensors, record.json) or the toy ViT "

@@ -24,6 +24,7 @@ from puretools.exercises import (
     nb05c,
     nb06,
     nb07,
+    nb08,
 )
 from puretools.patches import crop_box
 from puretools.virtual import VirtualNeurons
@@ -352,3 +353,27 @@ def test_nb05b_and_05c_hints_say_what_is_wrong(capsys, monkeypatch):
     vn = pt.VirtualNeurons(seed=0).fit(circuits, k=2, neurons=[2], layer="layer4", lower_layer="layer3")
     check = lambda a: nb05c.check_route_by_hand(a, model, data[0][0], "layer4", "layer3", vn, 2)
     assert "expected 2 items, got 1" in message(check, (circuits[0, 0],), capsys, monkeypatch)
+
+
+def test_nb08_token_max_patch_grid_and_circuit(capsys, monkeypatch):
+    """Notebook 08: the token max (CLS included) vs the CLS value, the patch grid vs a shifted one,
+    a circuit vs one summed over the wrong axis."""
+    from types import SimpleNamespace
+
+    g = torch.Generator().manual_seed(0)
+    acts = torch.rand(60, 5, 3, generator=g)  # [N, T, C]: 1 CLS + 2 x 2 patches
+    refs = SimpleNamespace(indices=torch.stack([acts[:, :, c].amax(1).topk(10).indices for c in range(3)]))
+    right = acts[:, :, 1].amax(1).topk(10).indices
+    cls_only = acts[:, 0, 1].topk(10).indices
+    assert set(cls_only.tolist()) != set(right.tolist())
+    ok, printed = verdicts(lambda a: nb08.check_token_max_references(a, acts, refs, neuron=1),
+                           [right.flip(0).tolist(), cls_only], capsys, monkeypatch)
+    assert ok == [True, False], printed
+    values = torch.arange(5.0)
+    ok, printed = verdicts(lambda a: nb08.check_patch_map(a, values, (2, 2), 1),
+                           [torch.tensor([[1.0, 2.0], [3.0, 4.0]]), values[:4].reshape(2, 2)], capsys, monkeypatch)
+    assert ok == [True, False] and "entries are wrong" in printed, printed
+    circuits = torch.randn(2, 3, 6, generator=g)
+    ok, printed = verdicts(lambda a: nb08.check_circuit_by_hand(a, circuits, neuron=1, reference=2),
+                           [circuits[1, 2].tolist(), circuits[1, 2, :5]], capsys, monkeypatch)
+    assert ok == [True, False] and "not quite" in printed, printed
