@@ -206,7 +206,7 @@ def test_vit_routing_heatmaps_and_editing_use_tokens():
     acts = pt.virtual_activations(model, x, layer, lower, vn)
     plain = capture(model, [layer], x)[layer].amax(1)[:, [3, 7]]  # token max by a hook
     assert acts.shape == (5, 2, 2) and torch.allclose(acts.sum(-1), plain, atol=1e-6)
-    heat, full = pt.virtual_heatmaps(model, x[:2], layer, lower, vn, 3, return_full=True)
+    heat, full = pt.virtual_heatmaps(model, x[:2], layer, lower, vn, 3, return_full=True, weights="partition")
     assert heat.shape == (2, 2, 32, 32) and full.abs().sum() > 0
     torch.testing.assert_close(heat.sum(0), full, rtol=1e-4, atol=1e-6)
     routes = pt.route_images(model, x, layer, lower, vn).routes[0]
