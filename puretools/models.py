@@ -75,20 +75,37 @@ def load_model(
     (False, True)
     """
     device = resolve_device(device)
-    if name == "toy":
-        from . import toyworld
-
-        path = None if weights in ("default", None) else weights
-        model = toyworld.load_toy_model(path)
-    elif name in TORCHVISION_RESNETS:
-        model = _load_torchvision(name, weights)
-    elif name.startswith("timm/"):
-        model = _load_timm(name[len("timm/") :], weights)
-    else:
+    if not isinstance(name, str):
+        raise PuretoolsError(f"name={name!r} must be a model name (a string) such as 'toy' or 'resnet50'.")
+    if name not in ("toy", *TORCHVISION_RESNETS) and not name.startswith("timm/"):
         raise PuretoolsError(
             f"Unknown model name {name!r}. Use 'toy', one of {list(TORCHVISION_RESNETS)}, "
             "or a timm name prefixed with 'timm/' such as 'timm/resnet50.a1_in1k'."
         )
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise PuretoolsError(
+            f"weights={weights!r} must be 'default', None or the path of a state dict (.safetensors or .pth)."
+        )
+    try:
+        if name == "toy":
+            from . import toyworld
+
+            path = None if weights in ("default", None) else weights
+            model = toyworld.load_toy_model(path)
+        elif name in TORCHVISION_RESNETS:
+            model = _load_torchvision(name, weights)
+        else:
+            model = _load_timm(name[len("timm/") :], weights)
+    except PuretoolsError:
+        raise
+    except Exception as err:  # a corrupt or foreign weights file: safetensors, pickle or shape errors
+        if weights in ("default", None):
+            raise
+        raise PuretoolsError(
+            f"weights={str(weights)!r} could not be loaded into {name!r} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200] if str(err) else 'no message'}). Check that the file is complete and "
+            "is a state dict of this architecture, or use weights='default' (published weights) or None (random)."
+        ) from err
     return model.eval().to(device)
 
 

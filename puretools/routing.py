@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from .checks import check_batch, check_choice, check_int, check_number, check_virtual_neurons
 from .circuits import circuit_attributions
 from .errors import PuretoolsError
 from .models import get_module, lrp_composite
@@ -46,22 +47,40 @@ Method = Literal["gradient", "lrp"]
 def _check_fitted(vn: VirtualNeurons) -> None:
     if not isinstance(vn, VirtualNeurons):
         raise PuretoolsError(f"vn must be a fitted puretools.VirtualNeurons, got {type(vn).__name__}.")
-    if vn.labels is None:
-        raise PuretoolsError("The VirtualNeurons are not fitted yet: call vn.fit(circuits, k, neurons=...) first.")
+    check_virtual_neurons(vn)
 
 
 def _check_method(method: str) -> None:
-    if method not in ("gradient", "lrp"):
-        raise PuretoolsError(f"method must be 'gradient' or 'lrp', not {method!r}.")
+    check_choice(method, "method", ("gradient", "lrp"))
 
 
 def _as_images(images: torch.Tensor | Dataset) -> torch.Tensor:
+    """The images [M, C, H, W] of a tensor or a data set, checked to be a non-empty finite
+    floating batch (float64 is fine: :func:`~puretools.checks.check_images` casts it)."""
     if isinstance(images, Dataset) and not isinstance(images, torch.Tensor):
-        return collate_images([images[i] for i in range(len(images))])  # type: ignore[arg-type]
-    images = torch.as_tensor(images)
-    if images.ndim == 3:
-        images = images[None]
-    return images
+        if len(images) == 0:  # type: ignore[arg-type]
+            raise PuretoolsError("images is an empty data set; pass at least one image.")
+        images = collate_images([images[i] for i in range(len(images))])  # type: ignore[arg-type]
+    return check_batch(images)
+
+
+def check_layer_pair(
+    model: nn.Module, layer: str, lower_layer: str, vn: VirtualNeurons, image: torch.Tensor
+) -> tuple[int, int]:
+    """Check ``vn`` against the channels of ``layer`` and ``lower_layer`` (one forward pass of
+    ``image`` [1, C, H, W]); return (channels of layer, channels of lower_layer)."""
+    get_module(model, lower_layer)
+    store, handle = _capture(get_module(model, lower_layer), stop=False)
+    try:
+        with torch.inference_mode():
+            out = forward_to(model, layer, image)
+    finally:
+        handle.remove()
+    if "out" not in store:
+        raise PuretoolsError(f"Layer {lower_layer!r} did not run before {layer!r}: is it the layer below?")
+    sizes = (int(out.shape[1]), int(store["out"].shape[1]))
+    check_virtual_neurons(vn, layer, lower_layer, *sizes)
+    return sizes
 
 
 @dataclass(frozen=True)
@@ -127,19 +146,15 @@ def route_images(
     """
     _check_fitted(vn)
     _check_method(method)
+    check_virtual_neurons(vn, layer, lower_layer)
     x = _as_images(images)
     device = resolve_device(device, model)
     model = prepare_model(model, device)
-    check_images(x, model)
+    x = check_images(x, model)  # float64 images for a float32 model: cast
+    check_layer_pair(model, layer, lower_layer, vn, x[:1].to(device))
     with torch.inference_mode():
         out = forward_to(model, layer, x.to(device)).float()
     n_channels = out.shape[1]
-    bad = [n for n in vn.neurons if n >= n_channels]
-    if bad:
-        raise PuretoolsError(
-            f"The virtual neurons were fitted for neuron(s) {bad} but layer {layer!r} has {n_channels} "
-            "channels: was vn fitted on another layer?"
-        )
     acts = (out.flatten(2).amax(-1) if out.ndim > 2 else out)[:, vn.neurons].cpu()
     m = len(x)
     refs = torch.arange(m).expand(n_channels, m)  # every image is a reference of every neuron
@@ -195,8 +210,9 @@ def virtual_activations(
     >>> torch.allclose(acts.sum(-1), plain)
     True
     """
-    if not temperature > 0:
-        raise PuretoolsError(f"temperature must be positive, got {temperature!r}.")
+    check_number(temperature, "temperature", 0, low_open=True)
+    if not isinstance(soft, bool):
+        raise PuretoolsError(f"soft={soft!r} must be True or False.")
     r = route_images(model, images, layer, lower_layer, vn, method=method, device=device)
     n, m = r.routes.shape
     if soft:
@@ -231,7 +247,7 @@ def virtual_conditions(vn: VirtualNeurons, neuron: int) -> torch.Tensor:
             [ True, False, False]])
     """
     _check_fitted(vn)
-    return partition_conditions(vn.centroids[vn.position(neuron)])
+    return partition_conditions(vn.centroids[vn.position(check_int(neuron, "neuron"))])
 
 
 def partition_conditions(centroids: torch.Tensor) -> torch.Tensor:
@@ -292,14 +308,14 @@ def conditional_heatmaps(
     (torch.Size([2, 2, 8, 8]), True)
     """
     _check_method(method)
-    if batch_size < 1:
-        raise PuretoolsError(f"batch_size must be a positive integer, got {batch_size}.")
+    batch_size = check_int(batch_size, "batch_size", low=1)
+    neuron = check_int(neuron, "neuron", low=0)
     masks = torch.as_tensor(conditions).float()
     x = _as_images(images)
     device = resolve_device(device, model)
     model = prepare_model(model, device)
-    check_images(x, model)
-    if masks.ndim != 2:
+    x = check_images(x, model)  # float64 images for a float32 model: cast
+    if masks.ndim != 2 or 0 in masks.shape:
         raise PuretoolsError(f"conditions must have shape [n_conditions, C_lower], got {tuple(masks.shape)}.")
     rows = torch.cat([masks, torch.ones(1, masks.shape[1])])  # the last row: no condition
     m = len(x)
@@ -392,7 +408,14 @@ def virtual_heatmaps(
     """
     _check_fitted(vn)
     _check_method(method)
-    vn.position(neuron)
+    check_virtual_neurons(vn, layer, lower_layer)
+    vn.position(check_int(neuron, "neuron"))
+    if not isinstance(return_full, bool):
+        raise PuretoolsError(f"return_full={return_full!r} must be True or False.")
+    x = _as_images(images)
+    check_layer_pair(prepare_model(model, resolve_device(device, model)), layer, lower_layer, vn,
+                     check_images(x[:1], model).to(resolve_device(device, model)))  # fmt: skip
+    images = x
     masks = virtual_conditions(vn, neuron) if conditions is None else torch.as_tensor(conditions)
     heat, full = conditional_heatmaps(model, images, layer, lower_layer, neuron, masks, method, device)
     return (heat, full) if return_full else heat

@@ -137,8 +137,9 @@ def train(
 
 def _train(out_dir, epochs, seed, n_train, max_batches, verbose, widths, strides, batch_size, lr,
            weight_decay) -> dict:  # fmt: skip
-    from safetensors.torch import save_file
     from tqdm.auto import tqdm
+
+    from ..files import atomic_save_file
 
     torch.manual_seed(seed)
     threads = torch.get_num_threads()
@@ -180,7 +181,7 @@ def _train(out_dir, epochs, seed, n_train, max_batches, verbose, widths, strides
     out_dir.mkdir(parents=True, exist_ok=True)
     config = _config(model)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out_dir / "model.safetensors"), metadata={"config": json.dumps(config)})
+    atomic_save_file(state, out_dir / "model.safetensors", metadata={"config": json.dumps(config)})
     record = {
         "config": config,
         "seed": seed,
