@@ -15,7 +15,8 @@ from .errors import PuretoolsError
 
 __all__ = [
     "MAX_PIXEL", "check_activations", "check_batch", "check_called_once", "check_choice", "check_ids", "check_images",
-    "check_int", "check_names", "check_number", "check_optional_int", "check_virtual_neurons", "model_dtype",
+    "check_int", "check_module", "check_names", "check_number", "check_optional_int", "check_virtual_neurons",
+    "model_dtype",
     "resolve_device",
 ]  # fmt: skip
 
@@ -417,7 +418,9 @@ def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
     'lrp'
     """
     if not isinstance(value, str) or value not in choices:
-        raise PuretoolsError(f"{_show(name, value)} is not one of {list(choices)}.")
+        quoted = [repr(c) for c in choices]
+        options = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+        raise PuretoolsError(f"{_show(name, value)} is not valid: {name} must be {options}.")
     return value
 
 
@@ -606,3 +609,19 @@ def check_virtual_neurons(
                 f"{name}'s centroids have {width} values (lower-layer channels) but lower_layer={lower_layer!r} "
                 f"has {n_lower} channels: was {name} fitted on circuits into another lower layer?"
             )
+
+
+def check_module(model: object, name: str = "model") -> nn.Module:
+    """Raise unless ``model`` is a torch module.
+
+    Examples
+    --------
+    >>> check_module("resnet50")
+    Traceback (most recent call last):
+    ...
+    puretools.errors.PuretoolsError: model must be a torch nn.Module, got str ('resnet50'); load one with puretools.load_model('resnet50').
+    """
+    if not isinstance(model, nn.Module):
+        hint = f"; load one with puretools.load_model({model!r})" if isinstance(model, str) else ""
+        raise PuretoolsError(f"{name} must be a torch nn.Module, got {type(model).__name__} ({model!r:.40}){hint}.")
+    return model

@@ -15,6 +15,7 @@ from .errors import PuretoolsError
 from .models import get_module, lrp_composite
 from .references import prepare_model, resolve_device
 from .routing import Method, _check_fitted, _check_method
+from .subnet import subnetwork_input
 from .virtual import VirtualNeurons
 
 __all__ = ["HOOK_DICTS", "VirtualEdit", "edit_virtual_neurons", "private_copy"]
@@ -116,9 +117,17 @@ class VirtualEdit:
     def _edit(self, _module, _inputs, output):
         if self._busy:
             return None
-        if self._lower is None:
-            raise PuretoolsError(f"{self.lower_layer!r} did not run before {self.layer!r} in this forward pass.")
         lower, self._lower = self._lower, None
+        sub_input = subnetwork_input(self.model, self.lower_layer)
+        if sub_input is not None:  # a pass that starts at the lower layer (e.g. circuit_attributions)
+            lower = sub_input.detach()
+        if lower is None or len(lower) != len(output):
+            raise PuretoolsError(
+                f"The edit of {self.layer!r} routes each input by its circuit from {self.lower_layer!r}, but "
+                f"{self.lower_layer!r} did not run before {self.layer!r} in this forward pass (a pass that starts "
+                "between the two layers?). Run that computation outside the `with edit_virtual_neurons(...)` block, "
+                "or edit with a lower_layer that the pass runs."
+            )
         if not self._checked:
             check_virtual_neurons(self.vn, self.layer, self.lower_layer, output.shape[1], lower.shape[1])
             self._checked = True

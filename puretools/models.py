@@ -15,7 +15,7 @@ from zennit.composites import EpsilonPlusFlat
 from zennit.layer import Sum
 from zennit.torchvision import ResNetCanonizer
 
-from .checks import resolve_device
+from .checks import check_module, resolve_device
 from .errors import PuretoolsError, WeightsNotFoundError
 from .hub import hf_cache_dir, hf_cached_files, hf_endpoint, load_pretrained, torch_hub_file
 
@@ -247,6 +247,7 @@ def layer_names(model: nn.Module) -> list[str]:
     >>> layer_names(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()))
     ['0', '1']
     """
+    check_module(model)
     return [name for name, _ in model.named_modules() if name]
 
 
@@ -259,6 +260,7 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
     >>> get_module(nn.Sequential(nn.Conv2d(3, 4, 3)), "0")
     Conv2d(3, 4, kernel_size=(3, 3), stride=(1, 1))
     """
+    check_module(model)
     modules = dict(model.named_modules())
     if name and name in modules:
         return modules[name]
@@ -352,6 +354,7 @@ def canonizers_for(model: nn.Module) -> list[Canonizer]:
     >>> [type(c).__name__ for c in canonizers_for(model)]
     ['ResNetCanonizer']
     """
+    check_module(model)
     if _is_timm(model):
         return [SequentialMergeBatchNorm(), TimmResNetCanonizer()]
     from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -389,6 +392,7 @@ def canonizer_report(model: nn.Module, canonizers: list[Canonizer] | None = None
     >>> canonizer_report(model)
     CanonizerReport(residual_blocks=8, canonized_blocks=8)
     """
+    check_module(model)
     canonizers = canonizers_for(model) if canonizers is None else canonizers
     blocks = _residual_blocks(model)
     handles = []
@@ -411,4 +415,5 @@ def lrp_composite(model: nn.Module) -> EpsilonPlusFlat:
     >>> type(composite).__name__
     'EpsilonPlusFlat'
     """
+    check_module(model)
     return EpsilonPlusFlat(canonizers=canonizers_for(model))
