@@ -70,7 +70,9 @@ class VirtualEdit:
             raise
 
     def _weights_version(self) -> tuple[int, ...]:
-        return tuple(p._version for p in self.model.parameters()) + tuple(id(p) for p in self.model.parameters())
+        # in-place updates (an optimiser step) bump these; an LRP composite's canonizers, which
+        # swap ``.data`` and add biases for the length of a call, do not: no copy is made then
+        return tuple(p._version for p in self._params)
 
     def _refresh(self) -> None:
         """(Re)build the private copy of the model that the routing circuits are computed on.
@@ -81,8 +83,10 @@ class VirtualEdit:
         would see that call's rules. The copy has no hooks and no replaced ``forward``; it is
         rebuilt when the model's weights change in place (e.g. an optimiser step).
         """
-        self._private = private_copy(self.model)
-        self._sub = subnetwork(self._private, self.lower_layer, self.layer)
+        with torch.inference_mode(False):  # the copy's weights must be usable by autograd
+            self._private = private_copy(self.model)
+            self._sub = subnetwork(self._private, self.lower_layer, self.layer)
+        self._params = list(self.model.parameters())
         self._versions = self._weights_version()
 
     def _keep_lower(self, _module, _inputs, output) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -195,13 +196,22 @@ def atomic_save_file(
 
 
 def _writable_folder(folder: Path, show: str, fix: str) -> None:
+    """Create ``folder`` if missing and write (then delete) a probe file in it: permission bits
+    alone do not tell (root passes ``os.access`` on read-only mounts and on /proc)."""
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         raise PuretoolsError(f"{show}: {str(existing)!r} is a file, not a folder. {fix}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PuretoolsError(f"{show}: the folder {str(existing)!r} is not writable. {fix}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".puretools-probe-", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise PuretoolsError(
+            f"{show}: the folder {str(folder)!r} is not writable ({err.strerror or err}). {fix}"
+        ) from None
 
 
 def check_output_file(path: str | os.PathLike, suffix: str = ".safetensors", name: str = "--out") -> Path:

@@ -303,6 +303,7 @@ def activation_features(
     >>> activation_features(model, data, "1", refs).shape
     torch.Size([4, 6, 4])
     """
+    batch_size = check_int(batch_size, "batch_size", low=1)
     idx, neurons_t = check_references(references, dataset, layer, neurons)
     idx = idx[neurons_t]
     device = resolve_device(device, model)
