@@ -233,7 +233,7 @@ def check_output_file(path: str | os.PathLike, suffix: str = ".safetensors", nam
     target = Path(text).expanduser()
     show = f"{name} {text}" if name.startswith("--") else f"{name}={text!r}"
     if not target.name.endswith(suffix) or target.name == suffix:
-        example = target.with_name((target.stem or "result") + suffix)
+        example = target.with_name(target.stem + suffix) if target.stem else target / ("result" + suffix)
         eg = f"{name} {example}" if name.startswith("--") else f"{name}={str(example)!r}"
         raise PuretoolsError(f"{show}: the result file must end in {suffix}; e.g. {eg}.")
     if target.is_dir():

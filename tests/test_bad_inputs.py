@@ -356,6 +356,9 @@ CASES = [
      "min_share"),
     ("compare_on_toy-n_ref", lambda c: pt.compare_on_toy(c.model, c.data, c.data, n_ref=1), E, "n_ref"),
     ("compare_on_toy-dataset", lambda c: pt.compare_on_toy(c.model, c.tensor_data, c.data), E, "ToyWorld"),
+    ("render_without-duplicate-slots", lambda c: c.data.render_without(0, [c.slot, c.slot]), E, "more than once"),
+    ("render_without-slots-int", lambda c: c.data.render_without(0, c.slot), E, "list of slot numbers"),
+    ("render_without-empty-slot", lambda c: c.data.render_without(0, [7]), E, "no object in slot 7"),
     # ---------------------------------------------------------------- patches
     ("crop_box-threshold", lambda c: pt.crop_box(c.heat, threshold=-0.1), E, "threshold"),
     ("crop_box-kernel", lambda c: pt.crop_box(c.heat, kernel_size=4), E, "kernel_size"),
@@ -458,6 +461,7 @@ def ready(c, tmp_path_factory):
     c.corrupt_pth = folder / "model.pth"
     c.corrupt_pth.write_bytes(b"not a pickle")
     c.units = pt.class_activation_units(c.model.fc)
+    c.slot = c.data.objects(0)[0][0]
     n_concepts = len(toyworld.CONCEPTS)
     c.concept_names = list(toyworld.CONCEPTS)
     c.concept_mix = torch.randint(0, 2, (2, 6, n_concepts))
