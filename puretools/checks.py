@@ -444,7 +444,7 @@ def check_ids(
     >>> check_ids([0, 0], "neurons", 4)
     Traceback (most recent call last):
     ...
-    puretools.errors.PuretoolsError: neurons=[0, 0] holds 0 more than once; give each id once.
+    puretools.errors.PuretoolsError: neurons=[0, 0] holds 0 more than once; ids must be distinct.
     """
     if isinstance(values, (str, bytes)):
         raise PuretoolsError(f"{_show(name, values)} must be integer ids (a list of ints), not a string.")
@@ -484,7 +484,7 @@ def check_ids(
     if unique and len(set(out)) != len(out):
         dup = sorted({v for v in out if out.count(v) > 1})
         raise PuretoolsError(
-            f"{_show(name, values)} holds {', '.join(map(str, dup[:5]))} more than once; give each id once."
+            f"{_show(name, values)} holds {', '.join(map(str, dup[:5]))} more than once; ids must be distinct."
         )
     return out
 

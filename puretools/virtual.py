@@ -224,7 +224,7 @@ class VirtualNeurons:
         if len(out) != n_neurons:
             raise PuretoolsError(
                 f"neurons={out[:8]}{'...' if len(out) > 8 else ''} names {len(out)} channel(s) but the circuits "
-                f"hold {n_neurons} neuron row(s); give one channel id per row (the neurons= of circuit_attributions)."
+                f"hold {n_neurons} neuron row(s); give one id per row (the neurons= of circuit_attributions)."
             )
         return out
 

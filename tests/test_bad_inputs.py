@@ -186,7 +186,7 @@ CASES = [
     ("fit-neurons-empty", lambda c: pt.VirtualNeurons().fit(c.circuits, k=2, neurons=[]), E, "is empty"),
     ("fit-neurons-float", lambda c: pt.VirtualNeurons().fit(c.circuits, k=2, neurons=[1.0, 4.0]), E, "not an integer"),
     ("fit-neurons-dup", lambda c: pt.VirtualNeurons().fit(c.circuits, k=2, neurons=[1, 1]), E, "more than once"),
-    ("fit-neurons-count", lambda c: pt.VirtualNeurons().fit(c.circuits, k=2, neurons=[1]), E, "one channel id per row"),
+    ("fit-neurons-count", lambda c: pt.VirtualNeurons().fit(c.circuits, k=2, neurons=[1]), E, "one id per row"),
     ("fit-neurons-negative", lambda c: pt.VirtualNeurons().fit(c.circuits, k=2, neurons=[-1, 4]), E, "out of range"),
     ("fit-k-float", lambda c: pt.VirtualNeurons().fit(c.circuits, k=2.0), E, "k"),
     ("fit-k-zero", lambda c: pt.VirtualNeurons().fit(c.circuits, k=0), E, "k=0"),
