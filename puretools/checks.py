@@ -514,7 +514,7 @@ def check_names(values: object, name: str, n: int | None = None, allow_empty: bo
     if bad:
         raise PuretoolsError(f"{name} must hold non-empty strings, got {bad[:3]!r}.")
     if not out and not allow_empty:
-        raise PuretoolsError(f"{name}=[] is empty; give at least one name.")
+        raise PuretoolsError(f"{name}=[] is empty; give a non-empty list (at least one name).")
     if n is not None and len(out) != n:
         raise PuretoolsError(f"{name} has {len(out)} names but {n} are needed (one per concept).")
     return out
