@@ -31,8 +31,10 @@ from torch.utils.data import Dataset
 from .circuits import Method, circuit_attributions
 from .data import denormalize as imagenet_denormalize
 from .errors import PuretoolsError
+from .forward import collate_images
 from .patches import PatchMode, patches_from_heatmaps, reference_heatmaps
-from .references import References, collate_images, collect_references
+from .reference_type import References
+from .references import collect_references
 from .routing import virtual_heatmaps
 from .subnet import Precision
 from .virtual import VirtualNeurons, activation_features
