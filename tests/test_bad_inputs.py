@@ -9,6 +9,7 @@ fixtures. The last test checks that every function in ``puretools.__all__`` has 
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 
 import numpy as np
@@ -78,6 +79,19 @@ def nan_images(c):
     x = c.images.clone()
     x[1, 0, 0, 0] = float("nan")
     return x
+
+
+def _with_env(name, value, fn):
+    """``fn()`` with the environment variable ``name`` set to ``value`` (restored afterwards)."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        return fn()
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
 
 
 def vn_with(c, **changes):
@@ -181,7 +195,10 @@ CASES = [
      "precision"),
     ("subnetwork-same", lambda c: pt.subnetwork(c.model, LAYER, LAYER), E, "lower_layer must be a layer below"),
     ("subnetwork-unknown", lambda c: pt.subnetwork(c.model, "layer9", LAYER), E, "layer9"),
-    ("subnetwork-reversed", lambda c: pt.subnetwork(c.model, LAYER, LOWER), E, LOWER),
+    # (model, layer, lower_layer) is the house order; the old (lower, layer) order warns (test_circuits)
+    ("subnetwork-cut-is-lower", lambda c: pt.subnetwork(c.model, LAYER, LOWER, cut=LOWER), E,
+     "must be a layer below lower_layer"),
+    ("subnetwork-cut-unknown", lambda c: pt.subnetwork(c.model, LAYER, LOWER, cut="layer9"), E, "layer9"),
     # ---------------------------------------------------------------- virtual neurons
     ("fit-neurons-empty", lambda c: pt.VirtualNeurons().fit(c.circuits, k=2, neurons=[]), E, "is empty"),
     ("fit-neurons-float", lambda c: pt.VirtualNeurons().fit(c.circuits, k=2, neurons=[1.0, 4.0]), E, "not an integer"),
@@ -445,6 +462,33 @@ CASES = [
     ("plot_cluster_distances-table", lambda c: pt.plot_cluster_distances({"a": 1}), E, "DistanceTable"),
     ("plot_distance_correlation-empty", lambda c: pt.plot_distance_correlation({}), E, "correlations"),
     ("plot_distance_correlation-nan", lambda c: pt.plot_distance_correlation({"a": float("nan")}), E, "finite"),
+    # ---------------------------------------------------------------- configuration, data, layouts, registry
+    ("cache_dir-file", lambda c: _with_env("PURETOOLS_CACHE", __file__, lambda: pt.cache_dir()), E, "it is a file"),
+    ("cache_dir-empty", lambda c: _with_env("PURETOOLS_CACHE", " ", lambda: pt.cache_dir()), E, "set it to a folder"),
+    ("smoke-typo", lambda c: _with_env("PURETOOLS_SMOKE", "maybe", lambda: pt.smoke()), E, "'maybe' is not understood"),
+    ("denormalize-str", lambda c: pt.denormalize("x"), E, "floating-point Tensor"),
+    ("denormalize-uint8", lambda c: pt.denormalize(torch.zeros(3, 2, 2, dtype=torch.uint8)), E, "torch.uint8"),
+    ("denormalize-channels", lambda c: pt.denormalize(torch.zeros(2, 4, 8, 8)), E, "do not have 3 channels"),
+    ("denormalize-mean-std", lambda c: pt.denormalize(torch.zeros(3, 2, 2), std=(1.0, 1.0)), E, "one value per channel"),
+    ("image_folder-missing", lambda c: pt.image_folder("/nonexistent/puretools-folder"), E, "does not exist"),
+    ("image_folder-size-0", lambda c: pt.image_folder("/nonexistent/puretools-folder", size=0), E, "size=0"),
+    ("image_folder-resize-float", lambda c: pt.image_folder("/tmp", resize=1.5), E, "resize=1.5"),
+    ("make_image_folder-n-0", lambda c: pt.make_image_folder("/nonexistent/puretools-folder", n=0), E, "n=0"),
+    ("make_image_folder-classes-0", lambda c: pt.make_image_folder("/nonexistent/puretools-folder", classes=0), E,
+     "classes=0"),
+    ("make_image_folder-seed", lambda c: pt.make_image_folder("/nonexistent/puretools-folder", seed=-1), E, "seed=-1"),
+    ("layer_layout-kind", lambda c: pt.layer_layout(c.model, LAYER, c.images, layout="bogus"), E, "'bogus'"),
+    ("layer_layout-model", lambda c: pt.layer_layout("toy", LAYER, c.images), E, "nn.Module"),
+    ("layer_layout-empty", lambda c: pt.layer_layout(c.model, LAYER, c.images[:0]), E, "non-empty batch"),
+    ("layer_layout-unknown", lambda c: pt.layer_layout(c.model, "layer9", c.images), E, "layer9"),
+    ("layer_output-unknown", lambda c: pt.layer_output(c.model, "layer9", c.images), E, "layer9"),
+    ("load_benchmark_results-unknown", lambda c: pt.load_benchmark_results("nope"), E, "'nope'"),
+    ("prefix_tokens-model", lambda c: pt.prefix_tokens("toy"), E, "nn.Module"),
+    ("token_grid-model", lambda c: pt.token_grid("toy", (32, 32)), E, "nn.Module"),
+    ("token_grid-size", lambda c: pt.token_grid(c.model, (0,)), E, "image_size=(0,)"),
+    ("token_grid-size-neg", lambda c: pt.token_grid(c.model, (32, -4)), E, "two positive integers"),
+    ("register_model-timm", lambda c: pt.register_model("timm/x", lambda w: c.model), E, "without 'timm/'"),
+    ("register_model-empty", lambda c: pt.register_model("", lambda w: c.model), E, "non-empty name"),
 ]
 
 
