@@ -105,11 +105,15 @@ class VirtualEdit:
             given = self._given
             if self._input is None and not all(isinstance(g, Layout) for g in given):
                 raise PuretoolsError("The layouts of the edited layers are not known yet: run the model once.")
-            busy, self._busy = self._busy, True  # the hooks stay out of this forward pass
+            # on the private hook-free copy: a pass on the model would run other edits' hooks (nested edits)
+            assert self._private is not None
+            busy, self._busy = self._busy, True
             try:
                 x = self._input[:2] if self._input is not None else None
-                self._layouts = (layer_layout(self.model, self.layer, x, given[0]),
-                                 layer_layout(self.model, self.lower_layer, x, given[1]))  # fmt: skip
+                if x is not None:
+                    x = x.to(next(self._private.parameters(), x).device)
+                self._layouts = (layer_layout(self._private, self.layer, x, given[0]),
+                                 layer_layout(self._private, self.lower_layer, x, given[1]))  # fmt: skip
             finally:
                 self._busy = busy
                 self._input = None

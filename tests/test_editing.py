@@ -71,8 +71,8 @@ def test_lrp_calls_inside_an_lrp_edit_work_and_leave_nothing(toy):
         heat = pt.virtual_heatmaps(model, images, LAYER, LOWER, vn, 4, method="lrp")
         circuits = pt.circuit_attributions(model, data, LAYER, LOWER, refs, neurons=[1, 4], method="lrp",
                                            progress=False)  # fmt: skip
-        assert leftovers(model) != []  # the edit's own two hooks, nothing more
-        assert len(leftovers(model)) == 2
+        assert leftovers(model) != []  # the edit's own three hooks (model input, lower layer, layer), nothing more
+        assert len(leftovers(model)) == 3
     # inside the edit, the edited virtual neurons are silent and the others keep their activations
     assert (inside[:, 0, 0] == 0).all() and (inside[:, 1, 1] == 0).all()
     assert torch.equal(inside[:, 0, 1], alone[:, 0, 1]) and torch.equal(inside[:, 1, 0], alone[:, 1, 0])

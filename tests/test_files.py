@@ -116,7 +116,7 @@ def test_cli_writes_out_through_the_atomic_writer(tmp_path, monkeypatch):
         seen.append(Path(path))
         return real(tensors, path, metadata)
 
-    monkeypatch.setattr("puretools.files.atomic_save_file", spy)
+    monkeypatch.setattr("puretools.__main__.atomic_save_file", spy)  # imported at the top of __main__
     out = tmp_path / "refs.safetensors"
     main(["collect", "--n-ref", "2", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"])
     assert out in seen and set(load_file(out)) == {"indices", "values"}
