@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from . import distributed, toyworld
 from ._version import __version__
@@ -20,6 +19,7 @@ from .checks import resolve_device
 from .config import cache_dir
 from .data import load_dataset
 from .errors import PuretoolsError
+from .files import atomic_save_file, check_output_file, check_output_folder, remove_stale_temps
 from .models import load_model
 from .pipeline import DEFAULT_METHOD, DEFAULT_N_REF, Pipeline
 from .resources import notebook_files, resource_path
@@ -99,12 +99,6 @@ def _neurons(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 0,5,9, got {text!r}") from None
 
 
-def _safetensors_path(text: str) -> Path:
-    if not text.endswith(".safetensors"):
-        raise argparse.ArgumentTypeError(f"the result file must end in .safetensors, got {text!r}")
-    return Path(text)
-
-
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="toy", help="'toy', 'toy-vit', 'resnet50', 'timm/resnet50.a1_in1k', ... (default: toy)")
     p.add_argument("--weights", default="default",
@@ -126,7 +120,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=str(cache_dir()),
                    help="where results are cached, fingerprinted by everything that made them (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (--weights none) (default 0)")
-    p.add_argument("--out", type=_safetensors_path, default=None, metavar="FILE.safetensors",
+    p.add_argument("--out", default=None, metavar="FILE.safetensors",
                    help="also write the result to this file (collect: 'indices' and 'values' [neurons, n_ref]; "
                         "attribute: 'circuits' [neurons, n_ref, lower channels], 'neurons' and their "
                         "'indices'; metadata: JSON under 'puretools'); under torchrun rank 0 writes it")
@@ -171,7 +165,7 @@ def _say(message: str) -> None:
 
 
 def _write(path: Path, tensors: dict, metadata: dict) -> None:
-    """Rank 0 writes ``tensors`` to ``path`` (atomically).
+    """Rank 0 writes ``tensors`` to ``path`` (atomically: :func:`puretools.files.atomic_save_file`).
 
     The metadata (what made the file) are one JSON string under the key ``"puretools"``, with
     sorted keys: safetensors stores several metadata keys in a random order, and one key keeps
@@ -179,11 +173,26 @@ def _write(path: Path, tensors: dict, metadata: dict) -> None:
     """
     if distributed.rank() != 0:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     meta = json.dumps({**metadata, "puretools_version": __version__}, sort_keys=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"puretools": meta})
-    os.replace(tmp, path)
+    try:
+        atomic_save_file(tensors, path, metadata={"puretools": meta})
+    except OSError as err:
+        raise PuretoolsError(f"could not write --out {path} ({err.strerror or err}); pick a writable file.") from err
+
+
+def _check_out(args) -> None:
+    """Before any work: a result file (collect, attribute) or folder (toy train, demo) that can
+    be written; temporary files that killed writes left beside it are removed."""
+    out = getattr(args, "out", None)
+    if args.command in ("collect", "attribute"):
+        if out is not None:
+            args.out = check_output_file(out, ".safetensors", "--out")
+            remove_stale_temps(args.out.parent)
+    elif args.command == "toy":
+        folder = check_output_folder(out if out is not None else toyworld.DATA_DIR, "--out")
+        remove_stale_temps(folder)
+    elif args.command == "demo":
+        check_output_folder(out, "--out")
 
 
 def _metadata(args, layer: str, **more) -> dict:
@@ -317,7 +326,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("toy", help="the toy world")
     toy = p.add_subparsers(dest="toy_command", required=True)
     t = toy.add_parser("train", help="train a toy model (never overwrites a checkpoint unless --force)")
-    t.add_argument("--epochs", type=int, default=None,
+    t.add_argument("--epochs", type=_positive_int, default=None,
                    help="passes over the train split (default 10; --arch vit: 15)")
     t.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling (default 0)")
     t.add_argument("--arch", choices=("resnet", "vit"), default="resnet",
@@ -348,6 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     """
     args = _parser().parse_args(argv)
     try:
+        _check_out(args)
         args.func(args)
     except PuretoolsError as err:
         here, other = distributed.rank(), isinstance(err, distributed.RankFailedError)

@@ -13,16 +13,16 @@ import json
 import os
 import socket
 import time
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ._version import __version__
+from .files import TEMP_MARK, atomic_save_file, remove_stale_temps
 from .fingerprints import (
     DatasetHasher,
     _tensor_bytes,
@@ -92,22 +92,12 @@ def _checksum(tensors: dict[str, torch.Tensor]) -> str:
 _HOST = socket.gethostname().replace(".", "_") or "host"
 
 
-def _umask() -> int:
-    try:  # Linux: read it without changing it
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _remove_orphans(folder: Path) -> None:
-    """Delete temporary files left by writes that were killed (their process is gone)."""
+    """Delete temporary files left by writes that were killed (their process is gone): those of
+    :func:`puretools.files.atomic_save_file`, and those of the earlier naming scheme."""
+    remove_stale_temps(folder)
     try:
-        temps = list(folder.glob(".*.safetensors.*.tmp"))
+        temps = [p for p in folder.glob(".*.safetensors.*.tmp") if TEMP_MARK not in p.name]
     except OSError:
         return
     for tmp in temps:
@@ -141,8 +131,8 @@ def save_cached(
 ) -> Path | None:
     """Write ``tensors`` atomically with JSON metadata and a checksum; None (and a warning) on failure.
 
-    The file is written to a temporary file named after this process, then renamed, so a
-    reader never sees half a file; it gets the permissions of any new file (``0666`` minus the
+    The file is written by :func:`puretools.files.atomic_save_file` (a temporary file named
+    after this process, fsync, rename), so a reader never sees half a file; it gets the permissions of any new file (``0666`` minus the
     umask), so a shared cache directory works for a group. A write that fails (``cache_dir``
     is a file, the entry's path is a directory, the disk is full...) warns and returns None:
     the caller keeps its result.
@@ -156,16 +146,12 @@ def save_cached(
     tensor([0, 1, 2])
     """
     path = _path(cache_dir, kind, key)
-    tmp = path.parent / f".{path.name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {"fingerprint": key, "kind": kind, "puretools_version": _version(), "checksum": _checksum(tensors)}
     meta["info"] = json.dumps(metadata or {}, default=str)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        save_file(tensors, str(tmp), metadata=meta)
-        os.chmod(tmp, 0o666 & ~_umask())  # as any new file: a shared cache directory works for a group
-        os.replace(tmp, path)
+        _remove_orphans(path.parent)
+        atomic_save_file(tensors, path, meta)
     except (OSError, SafetensorError) as err:
         warnings.warn(
             f"Could not write the cache file {path} ({type(err).__name__}: {err}); the result is "
@@ -175,12 +161,6 @@ def save_cached(
             stacklevel=3,
         )
         return None
-    finally:
-        try:
-            if tmp.exists():
-                tmp.unlink()
-        except OSError:
-            pass
     return path
 
 

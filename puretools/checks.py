@@ -13,7 +13,12 @@ from torch import nn
 
 from .errors import PuretoolsError
 
-__all__ = ["MAX_PIXEL", "check_activations", "check_called_once", "check_images", "model_dtype", "resolve_device"]
+__all__ = [
+    "MAX_PIXEL", "check_activations", "check_batch", "check_called_once", "check_choice", "check_ids", "check_images",
+    "check_int", "check_module", "check_names", "check_number", "check_optional_int", "check_virtual_neurons",
+    "model_dtype",
+    "resolve_device",
+]  # fmt: skip
 
 _KNOWN_TYPES = ("cpu", "cuda", "mps", "xpu", "meta")
 
@@ -303,3 +308,320 @@ def check_called_once(model: nn.Module, layer: str, images: torch.Tensor) -> Non
             "(a module reused in several places, e.g. one ReLU shared by all blocks, has no single "
             "output). Pick another layer, or give each use its own module."
         )
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def _is_int(value: object) -> bool:
+    """True for Python and numpy integers and integer 0-d tensors; False for bools and floats."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return False
+    if isinstance(value, torch.Tensor):
+        return value.ndim == 0 and not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool
+    return isinstance(value, int) or (hasattr(value, "__index__") and not isinstance(value, (float, str)))
+
+
+def check_int(
+    value: object, name: str, low: int | None = None, high: int | None = None, fix: str = ""
+) -> int:
+    """``value`` as an int, refusing floats (no truncation), bools and strings, and values
+    outside ``low <= value <= high``.
+
+    Examples
+    --------
+    >>> check_int(3, "n_ref", low=1)
+    3
+    >>> check_int(2.5, "n_ref", low=1)
+    Traceback (most recent call last):
+    ...
+    puretools.errors.PuretoolsError: n_ref=2.5 must be an integer (a float is not truncated); e.g. n_ref=2.
+    >>> check_int(0, "batch_size", low=1)
+    Traceback (most recent call last):
+    ...
+    puretools.errors.PuretoolsError: batch_size=0 must be at least 1.
+    """
+    if not _is_int(value):
+        if isinstance(value, float) and value == value and abs(value) != float("inf"):
+            example = f"e.g. {name}={int(value)}"
+        else:
+            example = f"e.g. {name}={max(low or 0, 1)}"
+        raise PuretoolsError(
+            f"{_show(name, value)} must be an integer"
+            + (" (a float is not truncated)" if isinstance(value, float) else "")
+            + f"; {fix or example}."
+        )
+    out = int(value)  # type: ignore[call-overload]
+    if low is not None and out < low:
+        raise PuretoolsError(f"{_show(name, out)} must be at least {low}." + (f" {fix}" if fix else ""))
+    if high is not None and out > high:
+        raise PuretoolsError(f"{_show(name, out)} must be at most {high}." + (f" {fix}" if fix else ""))
+    return out
+
+
+def check_optional_int(value: object, name: str, low: int | None = None, high: int | None = None) -> int | None:
+    """:func:`check_int`, with None passed through."""
+    return None if value is None else check_int(value, name, low, high)
+
+
+def check_number(
+    value: object,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """``value`` as a finite float within the bounds (``low_open``: ``low`` itself excluded).
+
+    Examples
+    --------
+    >>> check_number(0.5, "min_share", 0, 1, low_open=True)
+    0.5
+    >>> check_number(0, "min_share", 0, 1, low_open=True)
+    Traceback (most recent call last):
+    ...
+    puretools.errors.PuretoolsError: min_share=0 must be in (0, 1].
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
+        isinstance(value, torch.Tensor) and value.ndim == 0
+    ) and type(value).__module__ != "numpy":
+        raise PuretoolsError(f"{_show(name, value)} must be a number.")
+    try:
+        out = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise PuretoolsError(f"{_show(name, value)} must be a number.") from None
+    bounds = (
+        f"{'(' if low_open else '['}{'-inf' if low is None else _fmt(low)}, "
+        f"{'inf' if high is None else _fmt(high)}{')' if high_open or high is None else ']'}"
+    )
+    ok = out == out and abs(out) != float("inf")
+    if ok and low is not None:
+        ok = out > low if low_open else out >= low
+    if ok and high is not None:
+        ok = out < high if high_open else out <= high
+    if not ok:
+        raise PuretoolsError(f"{_show(name, value)} must be in {bounds}.")
+    return out
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``.
+
+    Examples
+    --------
+    >>> check_choice("lrp", "method", ("gradient", "lrp"))
+    'lrp'
+    """
+    if not isinstance(value, str) or value not in choices:
+        quoted = [repr(c) for c in choices]
+        options = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+        raise PuretoolsError(f"{_show(name, value)} is not valid: {name} must be {options}.")
+    return value
+
+
+def check_ids(
+    values: object,
+    name: str,
+    n: int | None = None,
+    what: str = "",
+    allow_empty: bool = False,
+    unique: bool = True,
+) -> list[int]:
+    """A list of integer ids in ``0 <= id < n``, without duplicates; one int is a list of one.
+
+    Refused: floats (no truncation), bools, strings, ids out of range, duplicates, and (unless
+    ``allow_empty``) an empty list. ``what`` names what the ids count (``"channels of 'layer4'"``).
+
+    Examples
+    --------
+    >>> check_ids([0, 3], "neurons", 4)
+    [0, 3]
+    >>> check_ids([0, 0], "neurons", 4)
+    Traceback (most recent call last):
+    ...
+    puretools.errors.PuretoolsError: neurons=[0, 0] holds 0 more than once; ids must be distinct.
+    """
+    if isinstance(values, (str, bytes)):
+        raise PuretoolsError(f"{_show(name, values)} must be integer ids (a list of ints), not a string.")
+    if isinstance(values, torch.Tensor) or type(values).__module__ == "numpy":
+        t = torch.as_tensor(values)
+        if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
+            raise PuretoolsError(
+                f"{name} must hold integer ids, got a tensor of dtype {t.dtype}; convert it with .long() "
+                "if its values are whole numbers."
+            )
+        items: list = [int(v) for v in t.reshape(-1)]
+    elif _is_int(values):
+        items = [values]
+    else:
+        try:
+            items = list(values)  # type: ignore[call-overload]
+        except TypeError:
+            raise PuretoolsError(f"{_show(name, values)} must be an int or a list of ints.") from None
+    out = []
+    for v in items:
+        if not _is_int(v):
+            raise PuretoolsError(
+                f"{_show(name, values)} holds {v!r}, which is not an integer id"
+                + (" (a float is not truncated)" if isinstance(v, float) else "")
+                + "; give whole numbers."
+            )
+        out.append(int(v))
+    if not out and not allow_empty:
+        raise PuretoolsError(f"{_show(name, values)} is empty; give at least one id (or None for all).")
+    bad = [v for v in out if v < 0 or (n is not None and v >= n)]
+    if bad:
+        span = f"0..{n - 1}" if n is not None else "non-negative"
+        raise PuretoolsError(
+            f"{_show(name, values)} holds {bad[:5]} out of range: "
+            + (f"there are {n} {what or 'ids'}, so use ids in {span}." if n is not None else "ids must be >= 0.")
+        )
+    if unique and len(set(out)) != len(out):
+        dup = sorted({v for v in out if out.count(v) > 1})
+        raise PuretoolsError(
+            f"{_show(name, values)} holds {', '.join(map(str, dup[:5]))} more than once; ids must be distinct."
+        )
+    return out
+
+
+def check_names(values: object, name: str, n: int | None = None, allow_empty: bool = False) -> list[str]:
+    """A list of strings; one string is refused (it would be split into its characters).
+
+    Examples
+    --------
+    >>> check_names(["disc", "square"], "words")
+    ['disc', 'square']
+    >>> check_names("disc", "words")
+    Traceback (most recent call last):
+    ...
+    puretools.errors.PuretoolsError: words='disc' is one string, not a list of names: it would be read letter by letter. Pass a list, e.g. words=['disc'].
+    """
+    if isinstance(values, str):
+        raise PuretoolsError(
+            f"{_show(name, values)} is one string, not a list of names: it would be read letter by letter. "
+            f"Pass a list, e.g. {name}={[values]!r}."
+        )
+    try:
+        out = list(values)  # type: ignore[call-overload]
+    except TypeError:
+        raise PuretoolsError(f"{_show(name, values)} must be a list of strings.") from None
+    bad = [v for v in out if not isinstance(v, str) or not v.strip()]
+    if bad:
+        raise PuretoolsError(f"{name} must hold non-empty strings, got {bad[:3]!r}.")
+    if not out and not allow_empty:
+        raise PuretoolsError(f"{name}=[] is empty; give a non-empty list (at least one name).")
+    if n is not None and len(out) != n:
+        raise PuretoolsError(f"{name} has {len(out)} names but {n} are needed (one per concept).")
+    return out
+
+
+def check_batch(images: object, model: nn.Module | None = None, name: str = "images") -> torch.Tensor:
+    """A non-empty, finite, floating batch [B, C, H, W] (one image [C, H, W] becomes a batch
+    of one), cast to the model's dtype: float64 works for a float32 model, uint8 is refused
+    with the fix.
+
+    Examples
+    --------
+    >>> check_batch(torch.zeros(2, 3, 4, 4, dtype=torch.float64), nn.Conv2d(3, 1, 1)).dtype
+    torch.float32
+    >>> check_batch(torch.zeros(0, 3, 4, 4))
+    Traceback (most recent call last):
+    ...
+    puretools.errors.PuretoolsError: images is empty (shape (0, 3, 4, 4)); pass at least one image.
+    """
+    if not isinstance(images, torch.Tensor):
+        try:
+            images = torch.as_tensor(images)
+        except (TypeError, ValueError, RuntimeError):
+            raise PuretoolsError(
+                f"{name} must be a tensor [B, C, H, W] (or a data set of (image, ...) items), "
+                f"got {type(images).__name__}."
+            ) from None
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4:
+        raise PuretoolsError(
+            f"{name} must have shape [B, C, H, W] (or [C, H, W] for one image), got {tuple(images.shape)}."
+        )
+    if images.numel() == 0:
+        raise PuretoolsError(f"{name} is empty (shape {tuple(images.shape)}); pass at least one image.")
+    images = check_images(images, model if model is not None else nn.Identity())
+    if images.dtype == torch.float64 and (model is None or model_dtype(model) is None):
+        images = images.float()
+    return images
+
+
+def check_virtual_neurons(
+    vn: object,
+    layer: str | None = None,
+    lower_layer: str | None = None,
+    n_channels: int | None = None,
+    n_lower: int | None = None,
+    name: str = "vn",
+) -> None:
+    """Raise unless ``vn`` is a fitted VirtualNeurons that fits this layer pair.
+
+    Checked: the layer names it was fitted with (when it knows them), its neuron ids against
+    the channels of ``layer`` (a fit without ``neurons=`` names its rows 0..N-1, which is only
+    unambiguous when it covers every channel), and its centroids' width against the channels
+    of ``lower_layer``.
+    """
+    # the class lives in virtual.py (above this module): recognised by what it has
+    if type(vn).__name__ != "VirtualNeurons" or not hasattr(vn, "centroids"):
+        raise PuretoolsError(f"{name} must be a fitted puretools.VirtualNeurons, got {type(vn).__name__}.")
+    if vn.labels is None:  # type: ignore[attr-defined]
+        raise PuretoolsError(f"{name} is not fitted yet: call {name}.fit(circuits, k, neurons=...) first.")
+    fit_layer, fit_lower = getattr(vn, "layer", None), getattr(vn, "lower_layer", None)
+    if layer is not None and fit_layer is not None and fit_layer != layer:
+        raise PuretoolsError(
+            f"{name} was fitted for layer {fit_layer!r} but is used with layer={layer!r}; pass layer={fit_layer!r} "
+            "or fit virtual neurons on this layer's circuits."
+        )
+    if lower_layer is not None and fit_lower is not None and fit_lower != lower_layer:
+        raise PuretoolsError(
+            f"{name} was fitted on circuits into {fit_lower!r} but is used with lower_layer={lower_layer!r}; "
+            f"pass lower_layer={fit_lower!r} or fit virtual neurons on these circuits."
+        )
+    neurons = list(vn.neurons)  # type: ignore[attr-defined]
+    if n_channels is not None:
+        bad = [n for n in neurons if n >= n_channels]
+        if bad:
+            raise PuretoolsError(
+                f"{name} was fitted for neuron(s) {bad[:5]} but layer {layer!r} has {n_channels} channels "
+                f"(0..{n_channels - 1}): was {name} fitted on another layer?"
+            )
+        if not getattr(vn, "neurons_given", True) and len(neurons) != n_channels:
+            raise PuretoolsError(
+                f"{name} was fitted without neurons=, so its {len(neurons)} row(s) are taken as channels "
+                f"{neurons[:5]}{'...' if len(neurons) > 5 else ''} of {layer!r}, which has {n_channels}. Pass "
+                f"{name}.fit(circuits, k, neurons=...) the channels the circuits were computed for (the "
+                "neurons= of circuit_attributions)."
+            )
+    if n_lower is not None:
+        width = int(vn.centroids[0].shape[-1])  # type: ignore[attr-defined]
+        if width != n_lower:
+            raise PuretoolsError(
+                f"{name}'s centroids have {width} values (lower-layer channels) but lower_layer={lower_layer!r} "
+                f"has {n_lower} channels: was {name} fitted on circuits into another lower layer?"
+            )
+
+
+def check_module(model: object, name: str = "model") -> nn.Module:
+    """Raise unless ``model`` is a torch module.
+
+    Examples
+    --------
+    >>> check_module("resnet50")
+    Traceback (most recent call last):
+    ...
+    puretools.errors.PuretoolsError: model must be a torch nn.Module, got str ('resnet50'); load one with puretools.load_model('resnet50').
+    """
+    if not isinstance(model, nn.Module):
+        hint = f"; load one with puretools.load_model({model!r})" if isinstance(model, str) else ""
+        raise PuretoolsError(f"{name} must be a torch nn.Module, got {type(model).__name__} ({model!r:.40}){hint}.")
+    return model

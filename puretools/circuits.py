@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -14,7 +15,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import cache, ranks
-from .checks import check_activations, check_images, resolve_device
+from .checks import (
+    check_activations,
+    check_choice,
+    check_images,
+    check_int,
+    check_number,
+    check_optional_int,
+    resolve_device,
+)
 from .errors import PuretoolsError
 from .forward import collate_images, forward_to, prepare_model
 from .layouts import Layout, layer_layout
@@ -308,6 +317,8 @@ def circuit_attributions(
     >>> circuit_attributions(model, data, "3", "1", refs, progress=False).shape
     torch.Size([4, 5, 8])
     """
+    checkpoint_every = check_int(checkpoint_every, "checkpoint_every", low=0)
+    num_workers = check_int(num_workers, "num_workers", low=0)
     split = ranks.split_step("circuits")  # under torchrun: the pairs split across ranks (puretools/distributed/)
     if split is not None:
         return split(model, dataset, layer, lower_layer, references, neurons=neurons, method=method,
@@ -326,11 +337,21 @@ def circuit_attributions(
 
     out: torch.Tensor | None = None
     first_chunk = 0
+    prefix = hashlib.sha256()  # of the reference images done so far, as the references' checkpoints
     if key is not None and checkpoint_every:
         state = cache.load_cached(cache_dir, "circuits-partial", key,
-                                  expect={"out": (len(pairs.images), None), "next": ()})
-        if state is not None:  # an interrupted run with the same fingerprint: continue it
-            out, first_chunk = state["out"], int(state["next"])
+                                  expect={"out": (len(pairs.images), None), "next": (), "hash": (32,)})
+        if state is not None:  # an interrupted run with the same fingerprint: continue it, if its images
+            done_images = unique_images[: int(state["next"])]  # are still the ones the checkpoint saw
+            _update_prefix(prefix, dataset, done_images)
+            if 0 < int(state["next"]) <= len(unique_images) and prefix.digest() == state["hash"].numpy().tobytes():
+                out, first_chunk = state["out"], int(state["next"])
+            else:
+                warnings.warn(
+                    "The circuits checkpoint in the cache does not match the reference images read so far "
+                    "(changed images, or a forged file); starting over.", RuntimeWarning, stacklevel=2,
+                )  # fmt: skip
+                prefix = hashlib.sha256()
     composite = lrp_composite(model) if method == "lrp" else None
     done = int(pair_end[first_chunk - 1]) if first_chunk else 0
     bar = tqdm(total=len(pairs.images), initial=done, desc=f"circuits {lower_layer}<-{layer}",
@@ -348,8 +369,12 @@ def circuit_attributions(
             attribute_chunk(plan.sub, lower, pairs.order[first:last], counts[start:end], pairs.channel, out,
                             method, plan.batch_size, precision, device, bar, plan.layouts,
                             plan.cut is not None)  # fmt: skip
+            if key is not None and checkpoint_every:
+                _update_prefix(prefix, dataset, chunk)
             if key is not None and checkpoint_every and chunk_number % checkpoint_every == 0 and end < len(unique_images):
-                saved = cache.save_cached(cache_dir, "circuits-partial", key, {"out": out, "next": torch.tensor(end)})
+                saved = cache.save_cached(cache_dir, "circuits-partial", key, {
+                    "out": out, "next": torch.tensor(end),
+                    "hash": torch.frombuffer(bytearray(prefix.digest()), dtype=torch.uint8)})  # fmt: skip
                 checkpoint_every = checkpoint_every if saved is not None else 0  # warned once; go on
     bar.close()
     assert out is not None
@@ -359,6 +384,12 @@ def circuit_attributions(
         if saved is not None:
             cache.remove_cached(cache_dir, "circuits-partial", key)
     return circuits
+
+
+def _update_prefix(prefix, dataset: Dataset, images: torch.Tensor) -> None:
+    """Add the item digests of the data-set images ``images`` (LongTensor) to the hash ``prefix``."""
+    for i in images.tolist():
+        prefix.update(cache.item_digest(cache.item_image(dataset[i], i)))
 
 
 @dataclass(frozen=True)
@@ -435,10 +466,12 @@ def prepare_circuits(
 ) -> CircuitsPlan:
     """The argument checks, the device, the subnetwork, the memory plan, the references and
     neurons (:func:`check_references`), the pairs, the cache key and (with ``lookup``) the hit."""
-    if method not in ("gradient", "lrp"):
-        raise PuretoolsError(f"method must be 'gradient' or 'lrp', not {method!r}.")
-    if (batch_size is not None and batch_size < 1) or (image_chunk is not None and image_chunk < 1):
-        raise PuretoolsError("batch_size and image_chunk must be positive integers.")
+    check_choice(method, "method", ("gradient", "lrp"))
+    check_choice(precision, "precision", ("float32", "tf32", "bfloat16"))
+    batch_size = check_optional_int(batch_size, "batch_size", low=1)
+    image_chunk = check_optional_int(image_chunk, "image_chunk", low=1)
+    if max_memory is not None:
+        max_memory = check_number(max_memory, "max_memory", 0, low_open=True)
     device = resolve_device(device, model)
     model = prepare_model(model, device)
     sub = subnetwork(model, layer, lower_layer, cut=cut)

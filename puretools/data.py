@@ -39,10 +39,29 @@ def denormalize(
     >>> denormalize(x)[:, 0, 0]
     tensor([0.4850, 0.4560, 0.4060])
     """
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        raise PuretoolsError(
+            f"images must be a floating-point Tensor [3, H, W] or [B, 3, H, W] of normalised images, got "
+            f"{type(images).__name__}{f' of dtype {images.dtype}' if isinstance(images, torch.Tensor) else ''}."
+        )
+    if len(mean) != len(std):
+        raise PuretoolsError(f"mean and std must have one value per channel each, got {len(mean)} and {len(std)}.")
+    if images.ndim not in (3, 4) or images.shape[-3] != len(mean):
+        raise PuretoolsError(
+            f"images of shape {tuple(images.shape)} do not have {len(mean)} channels at axis -3: denormalize "
+            f"takes [{len(mean)}, H, W] or [B, {len(mean)}, H, W] (one mean and std per channel)."
+        )
     shape = (-1, 1, 1)
     m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(shape)
     s = torch.tensor(std, dtype=images.dtype, device=images.device).view(shape)
     return (images * s + m).clamp(0, 1)
+
+
+def _positive_int(value: object, name: str) -> int:
+    """``value`` if it is a positive int (this module sits beside :mod:`puretools.checks`)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PuretoolsError(f"{name}={value!r} must be a positive integer (e.g. {name}=32).")
+    return value
 
 
 def image_folder(root: str | os.PathLike, size: int = 224, resize: int | None = None) -> Dataset:
@@ -53,6 +72,9 @@ def image_folder(root: str | os.PathLike, size: int = 224, resize: int | None = 
     """
     from torchvision import datasets, transforms
 
+    _positive_int(size, "size")
+    if resize is not None:
+        _positive_int(resize, "resize")
     root = Path(root)
     if not root.is_dir():
         raise PuretoolsError(f"Image folder {str(root)!r} does not exist.")
@@ -148,6 +170,10 @@ def make_image_folder(
     """
     from PIL import Image
 
+    for name, value in (("n", n), ("size", size), ("classes", classes)):
+        _positive_int(value, name)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise PuretoolsError(f"seed={seed!r} must be a non-negative integer (e.g. seed=0).")
     root = Path(root)
     g = torch.Generator().manual_seed(seed)
     for j in range(n):

@@ -36,7 +36,9 @@ import torch
 from torch import nn
 
 from . import cache, toyworld
+from .checks import check_int, check_number
 from .circuits import circuit_attributions
+from .errors import PuretoolsError
 from .models import get_module
 from .pipeline import Pipeline
 from .planted import class_activation_units, plant_neurons, planted_sources
@@ -217,6 +219,16 @@ def compare_on_toy(
     >>> -1 <= small.ari("PURE-gradient", "planted") <= 1
     True
     """
+    n_pairs = check_int(n_pairs, "n_pairs", low=1)
+    n_ref = check_int(n_ref, "n_ref", low=2, fix="A neuron needs at least 2 references to be split.")
+    min_share = check_number(min_share, "min_share", 0, 1, low_open=True)
+    sae_seed = check_int(sae_seed, "sae_seed", low=0)
+    for name, value, split in (("dataset", dataset, "test"), ("train", train, "train")):
+        if not isinstance(value, toyworld.ToyWorld):
+            raise PuretoolsError(
+                f"{name} must be a toyworld.ToyWorld split (its ground truth is what the methods are scored on), "
+                f"got {type(value).__name__}; e.g. {name}=toyworld.ToyWorld({split!r})."
+            )
     key = None
     if cache_dir is not None:
         key = cache.fingerprint(kind="toy-comparison", model=cache.model_fingerprint(model),

@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
+from copy import deepcopy
 
 import torch
 from torch import nn
 
-from .checks import resolve_device
+from .checks import check_ids, check_int, check_virtual_neurons, resolve_device
 from .circuits import normalize_circuits, subnetwork
 from .errors import PuretoolsError
 from .forward import prepare_model
 from .layouts import Layout, layer_layout
 from .models import get_module, lrp_composite
 from .routing import Method, _check_fitted, _check_method
+from .subnet import subnetwork_input
 from .virtual import VirtualNeurons
 
-__all__ = ["VirtualEdit", "edit_virtual_neurons"]
+__all__ = ["HOOK_DICTS", "VirtualEdit", "edit_virtual_neurons", "private_copy"]
+
+#: The hook dictionaries of a torch module (what an edit must leave empty behind it).
+HOOK_DICTS = (
+    "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called",
+    "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
+)
 
 
 class VirtualEdit:
@@ -49,14 +58,42 @@ class VirtualEdit:
         self._input: torch.Tensor | None = None
         self.last_routes: dict[int, torch.Tensor] = {}
         self.last_suppressed: dict[int, torch.Tensor] = {}
-        self._sub = subnetwork(model, layer, lower_layer)
         self._busy = False
+        self._checked = False
         self._lower: torch.Tensor | None = None
-        self._handles = [
-            model.register_forward_pre_hook(self._keep_input),
-            get_module(model, lower_layer).register_forward_hook(self._keep_lower),
-            get_module(model, layer).register_forward_hook(self._edit),
-        ]
+        self._private: nn.Module | None = None
+        self._sub: nn.Module | None = None
+        self._versions: tuple[int, ...] = ()
+        self._refresh()
+        self._handles: list = []
+        try:
+            self._handles.append(model.register_forward_pre_hook(self._keep_input))
+            self._handles.append(get_module(model, lower_layer).register_forward_hook(self._keep_lower))
+            # prepend: an edit of ``layer`` applies before another edit's hook keeps it as its lower layer
+            self._handles.append(get_module(model, layer).register_forward_hook(self._edit, prepend=True))
+        except BaseException:
+            self.remove()
+            raise
+
+    def _weights_version(self) -> tuple[int, ...]:
+        # in-place updates (an optimiser step) bump these; an LRP composite's canonizers, which
+        # swap ``.data`` and add biases for the length of a call, do not: no copy is made then
+        return tuple(p._version for p in self._params)
+
+    def _refresh(self) -> None:
+        """(Re)build the private copy of the model that the routing circuits are computed on.
+
+        The circuits never run on ``model`` itself: an LRP composite of the edit registered on
+        the model while another one is (an LRP call inside the ``with`` block, a nested edit)
+        would stack canonizers on the same modules, and a gradient edit inside an LRP call
+        would see that call's rules. The copy has no hooks and no replaced ``forward``; it is
+        rebuilt when the model's weights change in place (e.g. an optimiser step).
+        """
+        with torch.inference_mode(False):  # the copy's weights must be usable by autograd
+            self._private = private_copy(self.model)
+            self._sub = subnetwork(self._private, self.layer, self.lower_layer)
+        self._params = list(self.model.parameters())
+        self._versions = self._weights_version()
 
     def _keep_input(self, _module, inputs) -> None:
         if not self._busy and self._layouts is None and inputs and isinstance(inputs[0], torch.Tensor):
@@ -68,11 +105,15 @@ class VirtualEdit:
             given = self._given
             if self._input is None and not all(isinstance(g, Layout) for g in given):
                 raise PuretoolsError("The layouts of the edited layers are not known yet: run the model once.")
-            busy, self._busy = self._busy, True  # the hooks stay out of this forward pass
+            # on the private hook-free copy: a pass on the model would run other edits' hooks (nested edits)
+            assert self._private is not None
+            busy, self._busy = self._busy, True
             try:
                 x = self._input[:2] if self._input is not None else None
-                self._layouts = (layer_layout(self.model, self.layer, x, given[0]),
-                                 layer_layout(self.model, self.lower_layer, x, given[1]))  # fmt: skip
+                if x is not None:
+                    x = x.to(next(self._private.parameters(), x).device)
+                self._layouts = (layer_layout(self._private, self.layer, x, given[0]),
+                                 layer_layout(self._private, self.lower_layer, x, given[1]))  # fmt: skip
             finally:
                 self._busy = busy
                 self._input = None
@@ -84,13 +125,19 @@ class VirtualEdit:
 
     def circuits(self, lower: torch.Tensor, neuron: int) -> torch.Tensor:
         """Circuits [M, C_lower] of ``neuron`` from the lower-layer activations ``lower``."""
-        composite = lrp_composite(self.model) if self.method == "lrp" else None
+        if self._weights_version() != self._versions:
+            self._refresh()
+        assert self._private is not None and self._sub is not None
+        device = lower.device
+        if any(p.device != device for p in self._private.parameters()):
+            self._private.to(device)
+        lay_top, lay_low = self.layouts()  # before the composite: its forward pass runs on the model
+        composite = lrp_composite(self._private) if self.method == "lrp" else None
         self._busy = True
         try:
             with torch.inference_mode(False), torch.enable_grad(), (
-                composite.context(self.model) if composite else contextlib.nullcontext()
+                composite.context(self._private) if composite else contextlib.nullcontext()
             ):
-                lay_top, lay_low = self.layouts()
                 x = lower.detach().clone().requires_grad_(True)
                 y = self._sub(x)
                 grad_out = torch.zeros_like(y)  # relu(a_k) on every position (token) of channel k
@@ -106,9 +153,22 @@ class VirtualEdit:
     def _edit(self, _module, _inputs, output):
         if self._busy:
             return None
-        if self._lower is None:
-            raise PuretoolsError(f"{self.lower_layer!r} did not run before {self.layer!r} in this forward pass.")
         lower, self._lower = self._lower, None
+        sub_input = subnetwork_input(self.model, self.lower_layer)
+        if sub_input is not None:  # a pass that starts at the lower layer (e.g. circuit_attributions)
+            lower = sub_input.detach()
+        if lower is None or len(lower) != len(output):
+            raise PuretoolsError(
+                f"The edit of {self.layer!r} routes each input by its circuit from {self.lower_layer!r}, but "
+                f"{self.lower_layer!r} did not run before {self.layer!r} in this forward pass (a pass that starts "
+                "between the two layers?). Run that computation outside the `with edit_virtual_neurons(...)` block, "
+                "or edit with a lower_layer that the pass runs."
+            )
+        if not self._checked:
+            lay_top, lay_low = self.layouts()
+            check_virtual_neurons(self.vn, self.layer, self.lower_layer, lay_top.channels(output),
+                                  lay_low.channels(lower))  # fmt: skip
+            self._checked = True
         edited = None
         for neuron, ids in self.suppress.items():
             pos = self.vn.position(neuron)
@@ -122,16 +182,42 @@ class VirtualEdit:
         return edited  # None keeps the original output object
 
     def remove(self) -> None:
-        """Remove the hooks: the model behaves as before the edit."""
+        """Remove the hooks: the model behaves as before the edit. Safe to call twice."""
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._lower = None
 
     def __enter__(self) -> nn.Module:
         return self.model
 
     def __exit__(self, *exc) -> None:
-        self.remove()
+        self.remove()  # whatever happened inside: exceptions propagate, the hooks go
+
+
+def private_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` without any hook or replaced ``forward`` (zennit's canonizers
+    replace some), whatever is registered on ``model`` now; its weights are copies too.
+
+    Examples
+    --------
+    >>> model = nn.Sequential(nn.Linear(2, 2))
+    >>> _ = model[0].register_forward_hook(lambda *a: None)
+    >>> copy = private_copy(model)
+    >>> len(model[0]._forward_hooks), len(copy[0]._forward_hooks), torch.equal(copy[0].weight, model[0].weight)
+    (1, 0, True)
+    """
+    memo: dict[int, object] = {}
+    for module in model.modules():  # the copy gets empty hook dictionaries, not copies of these
+        for name in HOOK_DICTS:
+            hooks = module.__dict__.get(name)
+            if hooks is not None:
+                memo[id(hooks)] = type(hooks)()
+    with torch.no_grad():
+        copy = deepcopy(model, memo)
+    for module in copy.modules():
+        module.__dict__.pop("forward", None)
+    return copy.eval()
 
 
 def edit_virtual_neurons(
@@ -188,14 +274,23 @@ def edit_virtual_neurons(
     _check_method(method)
     get_module(model, layer)
     get_module(model, lower_layer)
+    check_virtual_neurons(vn, layer, lower_layer)
+    if not isinstance(suppress, Mapping):
+        raise PuretoolsError(
+            f"suppress={suppress!r} must be a dict neuron -> virtual-neuron ids, e.g. suppress={{{vn.neurons[0]}: [0]}}."
+        )
+    if not suppress:
+        raise PuretoolsError("suppress={} is empty; name at least one neuron and its virtual neurons, "
+                             f"e.g. suppress={{{vn.neurons[0]}: [0]}}.")  # fmt: skip
     clean: dict[int, list[int]] = {}
     for neuron, ids in suppress.items():
-        k = vn.ks[vn.position(int(neuron))]
-        ids_list = [int(ids)] if isinstance(ids, int) else [int(i) for i in ids]
-        bad = [i for i in ids_list if not 0 <= i < k]
-        if bad:
-            raise PuretoolsError(f"Neuron {neuron} has {k} virtual neurons (0..{k - 1}); cannot suppress {bad}.")
-        clean[int(neuron)] = ids_list
+        n = check_int(neuron, "suppress key (a neuron)")
+        if n not in vn.neurons:
+            raise PuretoolsError(
+                f"suppress names neuron {n}, which vn was not fitted for; its neurons are {vn.neurons}."
+            )
+        k = vn.ks[vn.position(n)]
+        clean[n] = check_ids(ids, f"suppress[{n}]", k, what=f"virtual neurons of neuron {n}")
     if model.training:
         prepare_model(model, resolve_device(None, model))
     return VirtualEdit(model, layer, lower_layer, vn, clean, method, layout, lower_layout)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from .checks import resolve_device
+from .checks import check_int, resolve_device
 from .data import denormalize as imagenet_denormalize
 from .errors import PuretoolsError, WeightsNotFoundError
 from .forward import collate_images
@@ -479,7 +479,18 @@ def embed_dataset(
     >>> embed_dataset(emb, data, torch.tensor([[0, 5], [1, 1]])).shape
     torch.Size([2, 2, 4])
     """
-    idx = torch.as_tensor(indices).long()
+    if not isinstance(embedder, Embedder) and not hasattr(embedder, "embed_indices"):
+        raise PuretoolsError(
+            f"embedder must be a puretools Embedder (ClipEmbedder, DinoEmbedder, ConceptEmbedder), got "
+            f"{type(embedder).__name__}."
+        )
+    batch_size = check_int(batch_size, "batch_size", low=1)
+    idx = torch.as_tensor(indices)
+    if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+        raise PuretoolsError(f"indices must be integer data-set indices, got dtype {idx.dtype}.")
+    idx = idx.long()
+    if idx.numel() and (idx.min() < 0 or idx.max() >= len(dataset)):
+        raise PuretoolsError(f"indices must lie in 0..{len(dataset) - 1} (the data set), got {idx.min()}..{idx.max()}.")
     if hasattr(embedder, "embed_indices"):
         return embedder.embed_indices(idx)
     if idx.numel() and (idx.min() < 0 or idx.max() >= len(dataset)):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from . import toyworld
+from .checks import check_choice, check_int, check_optional_int
 from .circuits import Method
 from .errors import PuretoolsError
 from .models import load_model
@@ -73,6 +74,8 @@ def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
             [5., 0.]], dtype=torch.float64)
     """
     x = torch.as_tensor(x).detach().double().cpu()
+    if not torch.isfinite(x).all():
+        raise PuretoolsError("The embeddings contain NaN or Inf values; check the embedder's inputs and outputs.")
     diff = x[..., :, None, :] - x[..., None, :, :]
     return diff.pow(2).sum(-1).sqrt()
 
@@ -89,7 +92,12 @@ class ClusterDistances:
 def _labels_array(labels) -> np.ndarray:
     if hasattr(labels, "labels") and not isinstance(labels, (np.ndarray, torch.Tensor)):
         labels = labels.labels  # VirtualNeurons
-    return np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64)
+    if labels is None:
+        raise PuretoolsError("The VirtualNeurons are not fitted yet: call vn.fit(circuits, k, neurons=...) first.")
+    t = torch.as_tensor(labels).cpu()
+    if t.is_floating_point() and not (torch.isfinite(t).all() and (t == t.round()).all()):
+        raise PuretoolsError(f"labels must be integer cluster ids, got values such as {t.reshape(-1)[:3].tolist()}.")
+    return np.asarray(t).astype(np.int64)
 
 
 def _distances_from_matrix(dist: np.ndarray, labels: np.ndarray, average: Average) -> ClusterDistances:
@@ -113,8 +121,7 @@ def _distances_from_matrix(dist: np.ndarray, labels: np.ndarray, average: Averag
 
 
 def _check_average(average: str) -> None:
-    if average not in ("clusters", "pairs"):
-        raise PuretoolsError(f"average must be 'clusters' or 'pairs', not {average!r}.")
+    check_choice(average, "average", ("clusters", "pairs"))
 
 
 def cluster_distances(
@@ -264,6 +271,11 @@ def evaluate_clusterings(
     (['random'], 4)
     """
     _check_average(average)
+    if not isinstance(clusterings, Mapping) or not clusterings:
+        raise PuretoolsError(
+            f"clusterings must be a non-empty dict name -> labels [N, n_ref] (or a fitted VirtualNeurons), "
+            f"got {clusterings!r:.80}."
+        )
     x = torch.as_tensor(embeddings)
     if x.ndim != 3:
         raise PuretoolsError(f"Expected embeddings [N, n_ref, D], got {tuple(x.shape)}.")
@@ -350,6 +362,11 @@ def distance_correlation(
     n_neurons, n_ref = x0.shape[:2]
     if n_ref < 2:
         raise PuretoolsError("At least two references per neuron are needed for pairwise distances.")
+    if not isinstance(method_spaces, Mapping) or not method_spaces:
+        raise PuretoolsError(f"method_spaces must be a non-empty dict name -> Tensor [N, n_ref, D], got {method_spaces!r:.80}.")
+    n_subsets = check_int(n_subsets, "n_subsets", low=1)
+    subset_size = check_optional_int(subset_size, "subset_size", low=1)
+    seed = check_int(seed, "seed", low=0)
     spaces = {}
     for name, space in method_spaces.items():
         s = torch.as_tensor(space)
@@ -358,11 +375,9 @@ def distance_correlation(
                 f"Space {name!r} has shape {tuple(s.shape)}; expected [N={n_neurons}, n_ref={n_ref}, D]."
             )
         spaces[name] = s
-    if n_subsets < 1:
-        raise PuretoolsError("n_subsets must be a positive integer.")
-    size = max(1, n_neurons // n_subsets) if subset_size is None else int(subset_size)
+    size = max(1, n_neurons // n_subsets) if subset_size is None else subset_size
     if not 1 <= size <= n_neurons:
-        raise PuretoolsError(f"subset_size must lie in 1..{n_neurons} (the number of neurons).")
+        raise PuretoolsError(f"subset_size={size} must lie in 1..{n_neurons} (the number of neurons).")
     rng = np.random.default_rng(seed)
     if n_subsets * size <= n_neurons:
         perm = rng.permutation(n_neurons)
@@ -447,6 +462,8 @@ def evaluate_toy_world(
         ``.neurons``, ``.table`` (:class:`DistanceTable`), ``.correlations`` and ``.ari``
         (mean and standard error over the neurons, per method).
     """
+    k = check_int(k, "k", low=2, fix="PURE splits a neuron into k >= 2 virtual neurons.")
+    check_choice(method, "method", ("gradient", "lrp"))
     data = toyworld.ToyWorld(split="test")
     pipe = Pipeline(load_model("toy"), data, toyworld.LAYER, toyworld.LOWER_LAYER, method=method, k=k,
                     cache_dir=cache_dir, progress=progress)

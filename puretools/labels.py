@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .checks import check_names, check_number, check_virtual_neurons
 from .embed import ClipEmbedder
 from .errors import PuretoolsError, WeightsNotFoundError
 from .virtual import VirtualNeurons
@@ -71,9 +72,15 @@ def concept_labels(
     >>> concept_labels(vn, labels, ["a", "b", "c"]).names
     [['a 100% + c 50%', 'b 100%']]
     """
-    if vn.labels is None:
-        raise PuretoolsError("Fit the virtual neurons before naming them.")
+    check_virtual_neurons(vn)
+    concept_names = check_names(concept_names, "concept_names")
+    min_share = check_number(min_share, "min_share", 0, 1, low_open=True)
     labels = torch.as_tensor(reference_labels)
+    if labels.dtype == torch.bool:
+        labels = labels.float()
+    if not (labels.is_floating_point() or labels.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32,
+                                                            torch.int64)) or not torch.isfinite(labels.float()).all():
+        raise PuretoolsError("reference_labels must be finite numbers (1 or True: the concept is present).")
     if labels.ndim == 2:
         labels = labels[None]
     if labels.shape[:2] != vn.labels.shape:
@@ -83,8 +90,6 @@ def concept_labels(
         )
     if labels.shape[-1] != len(concept_names):
         raise PuretoolsError(f"{labels.shape[-1]} concepts in the labels but {len(concept_names)} concept_names.")
-    if not 0 < min_share <= 1:
-        raise PuretoolsError(f"min_share must lie in (0, 1], got {min_share}.")
     names, mixes = [], []
     for i, k in enumerate(vn.ks):
         present = (labels[i] > 0).float()
@@ -160,9 +165,18 @@ def clip_text_labels(
     """
     import open_clip  # heavy and optional: loaded only by the functions that use CLIP
 
-    words = list(words)
-    if not words or not all(isinstance(w, str) and w for w in words):
-        raise PuretoolsError("words must be a non-empty list of non-empty strings.")
+    words = check_names(words, "words")
+    if len(set(words)) != len(words):
+        raise PuretoolsError(f"words={words!r} holds a word more than once; give each word once.")
+    if not isinstance(template, str) or template.count("{}") != 1:
+        raise PuretoolsError(
+            f"template={template!r} must hold exactly one '{{}}' where the word goes, e.g. 'a photo of a {{}}.'."
+        )
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        raise PuretoolsError(
+            "images must be a list with one batch [n, 3, H, W] per virtual neuron, got one tensor of shape "
+            f"{tuple(images.shape)}; wrap it: images=[batch] for one virtual neuron."
+        )
     if not len(images) or any(torch.as_tensor(b).ndim != 4 or not len(b) for b in images):
         raise PuretoolsError("images must hold one non-empty batch [n, 3, H, W] per virtual neuron.")
     random_weights = pretrained is None

@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .checks import check_module
 from .errors import PuretoolsError
 from .models import get_module
 
@@ -294,6 +295,7 @@ def prefix_tokens(model: nn.Module) -> int | None:
     >>> prefix_tokens(nn.Linear(2, 2)) is None
     True
     """
+    check_module(model)
     family = _family(model)
     if family == "timm_vit":
         return int(model.num_prefix_tokens)
@@ -321,6 +323,17 @@ def token_grid(model: nn.Module, image_size: Sequence[int]) -> tuple[int, int] |
     >>> token_grid(vit, (32, 32))
     (2, 2)
     """
+    check_module(model)
+    try:
+        h, w = (int(v) for v in image_size[-2:]) if len(image_size) >= 2 else (0, 0)
+        ok = len(image_size) >= 2 and all(float(v) == int(v) for v in image_size[-2:]) and h > 0 and w > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise PuretoolsError(
+            f"image_size={image_size!r} must end in the image height and width, two positive integers "
+            "(e.g. (224, 224) or images.shape)."
+        )
     family = _family(model)
     if family == "timm_vit":
         patch = _pair(model.patch_embed.patch_size)
@@ -410,6 +423,13 @@ def layer_layout(
         return layout
     if layout is not None and layout not in LAYOUT_KINDS:
         Layout(str(layout))  # raises, naming the kinds
+    check_module(model)
+    if not isinstance(images, torch.Tensor) or images.ndim < 2 or len(images) == 0:
+        raise PuretoolsError(
+            f"images must be a non-empty batch of images, a Tensor [B, C, H, W], got {type(images).__name__}"
+            + (f" of shape {tuple(images.shape)}" if isinstance(images, torch.Tensor) else "")
+            + "; pass e.g. images[:2]."
+        )
     target = get_module(model, layer)
     if images.shape[0] < 2:
         images = images.expand(2, *images.shape[1:])

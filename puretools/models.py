@@ -16,7 +16,7 @@ from zennit.composites import EpsilonPlusFlat
 from zennit.layer import Sum
 from zennit.torchvision import ResNetCanonizer
 
-from .checks import resolve_device
+from .checks import check_module, resolve_device
 from .cnn_lrp import is_modern_cnn, modern_cnn_blocks, modern_cnn_composite
 from .errors import PuretoolsError, WeightsNotFoundError
 from .hub import hf_cache_dir, hf_cached_files, hf_endpoint, load_pretrained, torch_hub_file
@@ -110,17 +110,34 @@ def load_model(
     (False, True)
     """
     device = resolve_device(device)
-    if name in _REGISTERED:
-        model = _REGISTERED[name](weights)
-    elif name in TORCHVISION_RESNETS:
-        model = _load_torchvision(name, weights)
-    elif name.startswith("timm/"):
-        model = _load_timm(name[len("timm/") :], weights)
-    else:
+    if not isinstance(name, str):
+        raise PuretoolsError(f"name={name!r} must be a model name (a string) such as 'toy' or 'resnet50'.")
+    if name not in _REGISTERED and name not in TORCHVISION_RESNETS and not name.startswith("timm/"):
         raise PuretoolsError(
             f"Unknown model name {name!r}. Use one of {sorted(_REGISTERED) + list(TORCHVISION_RESNETS)}, "
             "or a timm name prefixed with 'timm/' such as 'timm/resnet50.a1_in1k'."
         )
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise PuretoolsError(
+            f"weights={weights!r} must be 'default', None or the path of a state dict (.safetensors or .pth)."
+        )
+    try:
+        if name in _REGISTERED:
+            model = _REGISTERED[name](weights)
+        elif name in TORCHVISION_RESNETS:
+            model = _load_torchvision(name, weights)
+        else:
+            model = _load_timm(name[len("timm/") :], weights)
+    except PuretoolsError:
+        raise
+    except Exception as err:  # a corrupt or foreign weights file: safetensors, pickle or shape errors
+        if weights in ("default", None):
+            raise
+        raise PuretoolsError(
+            f"weights={str(weights)!r} could not be loaded into {name!r} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200] if str(err) else 'no message'}). Check that the file is complete and "
+            "is a state dict of this architecture, or use weights='default' (published weights) or None (random)."
+        ) from err
     return model.eval().to(device)
 
 
@@ -262,6 +279,7 @@ def layer_names(model: nn.Module) -> list[str]:
     >>> layer_names(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()))
     ['0', '1']
     """
+    check_module(model)
     return [name for name, _ in model.named_modules() if name]
 
 
@@ -274,6 +292,7 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
     >>> get_module(nn.Sequential(nn.Conv2d(3, 4, 3)), "0")
     Conv2d(3, 4, kernel_size=(3, 3), stride=(1, 1))
     """
+    check_module(model)
     modules = dict(model.named_modules())
     if name and name in modules:
         return modules[name]
@@ -369,6 +388,7 @@ def canonizers_for(model: nn.Module) -> list[Canonizer]:
     >>> [type(c).__name__ for c in canonizers_for(model)]
     ['ResNetCanonizer']
     """
+    check_module(model)
     if is_transformer(model):
         return [TransformerCanonizer()]
     if is_modern_cnn(model):
@@ -416,6 +436,7 @@ def canonizer_report(model: nn.Module, canonizers: list[Canonizer] | None = None
     >>> canonizer_report(model)
     CanonizerReport(residual_blocks=8, canonized_blocks=8)
     """
+    check_module(model)
     canonizers = canonizers_for(model) if canonizers is None else canonizers
     blocks = _residual_blocks(model)
     handles = []
@@ -450,6 +471,7 @@ def lrp_composite(model: nn.Module) -> EpsilonPlusFlat | CPLRPComposite:
     >>> type(composite).__name__
     'EpsilonPlusFlat'
     """
+    check_module(model)
     if is_transformer(model):
         composite = CPLRPComposite()
     elif is_modern_cnn(model):  # ConvNeXt, EfficientNet, MobileNet

@@ -13,7 +13,15 @@ from torch.utils.data import Dataset
 from zennit.core import Composite
 
 from . import cache
-from .checks import check_activations, check_called_once, check_images, resolve_device
+from .checks import (
+    check_activations,
+    check_called_once,
+    check_choice,
+    check_images,
+    check_int,
+    check_number,
+    resolve_device,
+)
 from .data import denormalize as imagenet_denormalize
 from .errors import PuretoolsError
 from .forward import collate_images, forward_to, prepare_model
@@ -136,8 +144,7 @@ def reference_heatmaps(
     >>> reference_heatmaps(model, data, "1", refs, neurons=[0, 2]).shape
     torch.Size([2, 3, 8, 8])
     """
-    if batch_size < 1:
-        raise PuretoolsError("batch_size must be a positive integer.")
+    batch_size = check_int(batch_size, "batch_size", low=1)
     get_module(model, layer)
     device = resolve_device(device, model)
     model = prepare_model(model, device)
@@ -218,8 +225,7 @@ def reference_heatmaps(
 
 
 def _check_unit(name: str, value: float) -> None:
-    if not 0 <= value < 1:
-        raise PuretoolsError(f"{name} must lie in [0, 1), got {value}.")
+    check_number(value, name, 0, 1, high_open=True)
 
 
 def relevance_map(heatmap: torch.Tensor, kernel_size: int = KERNEL_SIZE) -> torch.Tensor:
@@ -250,8 +256,9 @@ def relevance_map(heatmap: torch.Tensor, kernel_size: int = KERNEL_SIZE) -> torc
     heatmap = torch.as_tensor(heatmap).detach().float()
     if heatmap.ndim not in (2, 3):
         raise PuretoolsError(f"Expected a heatmap of shape [H, W] (or a batch [n, H, W]), got {tuple(heatmap.shape)}.")
+    kernel_size = check_int(kernel_size, "kernel_size", low=0, fix="Use a positive odd integer such as 5.")
     if kernel_size not in (0, 1):
-        if kernel_size < 0 or kernel_size % 2 == 0:
+        if kernel_size % 2 == 0:
             raise PuretoolsError(f"kernel_size must be a positive odd integer, got {kernel_size}.")
         # reflect padding needs the padding (k // 2) to be smaller than the image side
         k = min(kernel_size, 2 * min(heatmap.shape[-2:]) - 1)
@@ -410,8 +417,7 @@ def masked_patch(
     """
     _check_image(image, heatmap)
     _check_unit("visibility", visibility)
-    if not 0 <= alpha <= 1:
-        raise PuretoolsError(f"alpha must lie in [0, 1], got {alpha}.")
+    check_number(alpha, "alpha", 0, 1)
     _check_unit("threshold", threshold)
     return _masked(image, relevance_map(heatmap, kernel_size), threshold, visibility, alpha, background)
 
@@ -469,24 +475,21 @@ def patches_from_heatmaps(
     >>> patches_from_heatmaps(images, heatmaps, mode="mask", size=8).shape
     torch.Size([4, 3, 8, 8])
     """
-    if mode not in ("crop", "mask", "full"):
-        raise PuretoolsError(f"mode must be 'crop', 'mask' or 'full', not {mode!r}.")
+    check_choice(mode, "mode", ("crop", "mask", "full"))
+    images, heatmaps = torch.as_tensor(images), torch.as_tensor(heatmaps)
     if images.ndim != 4 or heatmaps.ndim != 3 or len(images) != len(heatmaps):
         raise PuretoolsError(
             f"Expected images [n, 3, H, W] and heatmaps [n, H, W], got {tuple(images.shape)} "
             f"and {tuple(heatmaps.shape)}."
         )
-    size = min(images.shape[-2:]) if size is None else int(size)
-    if size < 1:
-        raise PuretoolsError(f"size must be a positive integer, got {size}.")
+    size = min(images.shape[-2:]) if size is None else check_int(size, "size", low=1)
     if tuple(images.shape[-2:]) != tuple(heatmaps.shape[-2:]):
         raise PuretoolsError(
             f"Images {tuple(images.shape)} and heatmaps {tuple(heatmaps.shape)} differ in size."
         )
     _check_unit("threshold", threshold)
     _check_unit("visibility", visibility)
-    if not 0 <= alpha <= 1:
-        raise PuretoolsError(f"alpha must lie in [0, 1], got {alpha}.")
+    check_number(alpha, "alpha", 0, 1)
     rels = relevance_map(heatmaps, kernel_size) if mode != "full" else heatmaps  # blurred in one call
     out = []
     for image, rel in zip(images, rels):
@@ -566,6 +569,10 @@ def reference_patches(
     >>> reference_patches(model, data, "1", refs, neuron=1, mode="mask", size=6).shape
     torch.Size([3, 3, 6, 6])
     """
+    check_choice(mode, "mode", ("crop", "mask", "full"))
+    neuron = check_int(neuron, "neuron", low=0)
+    if size is not None:
+        check_int(size, "size", low=1)
     if heatmaps is None:  # reference_heatmaps checks the references against the data set
         ref_idx, (neuron_t,) = check_references(references, None, layer, [neuron])
         heatmaps = reference_heatmaps(

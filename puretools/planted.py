@@ -19,11 +19,11 @@ from torch import nn
 from torch.utils.data import Dataset
 from zennit.layer import Sum
 
-from .checks import resolve_device
+from .checks import check_ids, check_int, resolve_device
 from .errors import PuretoolsError
 from .forward import collate_images, layer_output, prepare_model
 from .models import get_module
-from .reference_type import References
+from .reference_type import References, check_references
 
 __all__ = ["PlantedLayer", "PlantedNeurons", "class_activation_units", "plant_neurons", "planted_sources"]
 
@@ -136,7 +136,9 @@ def class_activation_units(fc: nn.Linear) -> nn.Conv2d:
     True
     """
     if not isinstance(fc, nn.Linear):
-        raise TypeError(f"class_activation_units needs an nn.Linear head, got {type(fc).__name__}.")
+        raise PuretoolsError(
+            f"fc must be an nn.Linear head (e.g. model.fc), got {type(fc).__name__}; pass the model's final linear layer."
+        )
     conv = nn.Conv2d(fc.in_features, fc.out_features, 1, bias=fc.bias is not None)
     with torch.no_grad():
         conv.weight.copy_(fc.weight.detach()[:, :, None, None])
@@ -189,12 +191,23 @@ def plant_neurons(
     >>> torch.allclose(planted.model(x), model(x))  # the model's outputs are unchanged
     True
     """
-    groups_t = torch.as_tensor(groups, dtype=torch.long)
+    if isinstance(groups, (str, bytes)):
+        raise PuretoolsError(f"groups={groups!r} must list groups of unit indices, e.g. [(2, 10)].")
+    try:
+        rows = groups.tolist() if isinstance(groups, torch.Tensor) else [list(g) for g in groups]
+    except TypeError:
+        raise PuretoolsError(f"groups={groups!r} must list groups of unit indices, e.g. [(2, 10)].") from None
+    for i, g in enumerate(rows):
+        check_ids(g, f"groups[{i}]")
+    try:
+        groups_t = torch.as_tensor(rows, dtype=torch.long)
+    except (ValueError, TypeError):
+        raise PuretoolsError(f"groups={groups!r} must be groups of equal size, e.g. [(2, 10), (0, 6)].") from None
     if groups_t.ndim != 2 or groups_t.shape[1] < 2 or not len(groups_t):
         raise PuretoolsError(
             f"groups must list at least one group of >= 2 units, e.g. [(2, 10)]; got shape {tuple(groups_t.shape)}."
         )
-    if not name.isidentifier():
+    if not isinstance(name, str) or not name.isidentifier():
         raise PuretoolsError(f"name must be a valid module name, not {name!r}.")
     get_module(model, layer)  # a clear error for a wrong name
     model = copy.deepcopy(model)
@@ -270,7 +283,13 @@ def planted_sources(
     >>> sorted(set(sources[0].tolist()) - {-1}) in ([2], [10], [2, 10])  # triangle or diagonal
     True
     """
-    idx = references.indices if isinstance(references, References) else torch.as_tensor(references)
+    batch_size = check_int(batch_size, "batch_size", low=1)
+    if isinstance(references, References):  # collected at the planted layer, on this data set
+        idx, _ = check_references(references, dataset, planted.layer)
+        if len(idx) != len(planted.channels) and len(idx) > max(planted.channels):
+            idx = idx[planted.channels]  # all channels of the layer: keep the planted ones
+    else:
+        idx, _ = check_references(references, dataset)
     if idx.ndim != 2 or len(idx) != len(planted.channels):
         raise PuretoolsError(
             f"references must have one row per planted neuron ({len(planted.channels)}), got shape {tuple(idx.shape)}."

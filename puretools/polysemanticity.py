@@ -11,6 +11,7 @@ from typing import Literal
 
 import torch
 
+from .checks import check_choice, check_ids, check_int
 from .errors import PuretoolsError
 from .evaluate import (
     Average,
@@ -69,8 +70,8 @@ def polysemanticity_scores(
     True
     """
     _check_average(average)
-    if kind not in ("ratio", "difference"):
-        raise PuretoolsError(f"kind must be 'ratio' or 'difference', not {kind!r}.")
+    check_choice(kind, "kind", ("ratio", "difference"))
+    k = check_int(k, "k", low=2, fix="A neuron is split into k >= 2 clusters to measure it.")
     x = torch.as_tensor(eval_space)
     if x.ndim != 3:
         raise PuretoolsError(f"Expected eval_space [N, n_ref, D], got {tuple(x.shape)}.")
@@ -117,7 +118,8 @@ def rank_polysemantic(
     # NaN after -inf: sort by (is_nan, -score) with a stable sort
     order = torch.sort(-key, stable=True).indices
     order = torch.cat([order[~torch.isnan(s[order])], order[torch.isnan(s[order])]])
-    ids = torch.arange(len(s)) if neurons is None else torch.as_tensor(neurons, dtype=torch.long).reshape(-1)
+    ids = torch.arange(len(s)) if neurons is None else torch.tensor(check_ids(neurons, "neurons", allow_empty=True),
+                                                                         dtype=torch.long)
     if len(ids) != len(s):
         raise PuretoolsError(f"Got {len(ids)} neuron ids for {len(s)} scores.")
     return ids[order]

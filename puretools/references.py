@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import cache, forward, ranks, reference_type
-from .checks import check_activations, check_called_once, check_images, resolve_device
+from .checks import check_activations, check_called_once, check_images, check_int, resolve_device
 from .errors import PuretoolsError
 from .layouts import Layout, TokenReduce, check_token_reduce, layer_layout
 from .models import get_module
@@ -68,6 +68,8 @@ def __getattr__(name: str) -> Any:
 def check_dataset(dataset: Dataset, n_ref: int | None = None) -> int:
     """Length of ``dataset``; clear errors when it is empty or smaller than ``n_ref``."""
     n = len(dataset)
+    if n_ref is not None:
+        n_ref = check_int(n_ref, "n_ref")
     if n == 0:
         raise PuretoolsError("The data set is empty: point it at a folder or split that holds images.")
     if n_ref is not None and not 1 <= n_ref <= n:
@@ -152,6 +154,8 @@ def collect_references(
     >>> refs.indices.shape  # 4 channels, 10 references each
     torch.Size([4, 10])
     """
+    num_workers = check_int(num_workers, "num_workers", low=0)
+    checkpoint_every = check_int(checkpoint_every, "checkpoint_every", low=0)
     split = ranks.split_step("references")  # under torchrun: one shard per rank, merged (puretools/distributed/)
     return (split or collect_in_process)(model, dataset, layer, n_ref, batch_size, device, num_workers, cache_dir,
                                          progress, checkpoint_every, layout=layout,

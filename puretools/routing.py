@@ -17,7 +17,15 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from .checks import check_images, resolve_device
+from .checks import (
+    check_batch,
+    check_choice,
+    check_images,
+    check_int,
+    check_number,
+    check_virtual_neurons,
+    resolve_device,
+)
 from .circuits import Method, circuit_attributions
 from .errors import PuretoolsError
 from .forward import capture_output, collate_images, forward_to, prepare_model
@@ -39,22 +47,51 @@ __all__ = [
 def _check_fitted(vn: VirtualNeurons) -> None:
     if not isinstance(vn, VirtualNeurons):
         raise PuretoolsError(f"vn must be a fitted puretools.VirtualNeurons, got {type(vn).__name__}.")
-    if vn.labels is None:
-        raise PuretoolsError("The VirtualNeurons are not fitted yet: call vn.fit(circuits, k, neurons=...) first.")
+    check_virtual_neurons(vn)
 
 
 def _check_method(method: str) -> None:
-    if method not in ("gradient", "lrp"):
-        raise PuretoolsError(f"method must be 'gradient' or 'lrp', not {method!r}.")
+    check_choice(method, "method", ("gradient", "lrp"))
 
 
 def _as_images(images: torch.Tensor | Dataset) -> torch.Tensor:
+    """The images [M, C, H, W] of a tensor or a data set, checked to be a non-empty finite
+    floating batch (float64 is fine: :func:`~puretools.checks.check_images` casts it)."""
     if isinstance(images, Dataset) and not isinstance(images, torch.Tensor):
-        return collate_images([images[i] for i in range(len(images))])  # type: ignore[arg-type]
-    images = torch.as_tensor(images)
-    if images.ndim == 3:
-        images = images[None]
-    return images
+        if len(images) == 0:  # type: ignore[arg-type]
+            raise PuretoolsError("images is an empty data set; pass at least one image.")
+        images = collate_images([images[i] for i in range(len(images))])  # type: ignore[arg-type]
+    return check_batch(images)
+
+
+def check_layer_pair(
+    model: nn.Module,
+    layer: str,
+    lower_layer: str,
+    vn: VirtualNeurons,
+    image: torch.Tensor,
+    layout: str | Layout | None = None,
+    lower_layout: str | Layout | None = None,
+) -> tuple[int, int]:
+    """Check ``vn`` against the channels of ``layer`` and ``lower_layer`` (one forward pass of
+    ``image`` [B, C, H, W], B of 1 or 2, counted in the layers' layouts); return (channels of
+    layer, channels of lower_layer)."""
+    get_module(model, lower_layer)
+    store, handle = capture_output(get_module(model, lower_layer), stop=False)
+    try:
+        with torch.inference_mode():
+            out = forward_to(model, layer, image)
+    finally:
+        handle.remove()
+    if "out" not in store:
+        raise PuretoolsError(f"Layer {lower_layer!r} did not run before {layer!r}: is it the layer below?")
+    lower_out = store["out"][0] if isinstance(store["out"], (tuple, list)) else store["out"]
+    sizes = (
+        layer_layout(model, layer, image, layout).channels(out),
+        layer_layout(model, lower_layer, image, lower_layout).channels(lower_out),
+    )
+    check_virtual_neurons(vn, layer, lower_layer, *sizes)
+    return sizes
 
 
 @dataclass(frozen=True)
@@ -129,20 +166,16 @@ def route_images(
     """
     _check_fitted(vn)
     _check_method(method)
+    check_virtual_neurons(vn, layer, lower_layer)
     x = _as_images(images)
     device = resolve_device(device, model)
     model = prepare_model(model, device)
-    check_images(x, model)
+    x = check_images(x, model)  # float64 images for a float32 model: cast
+    lay = layer_layout(model, layer, x[:2].to(device), layout)
+    check_layer_pair(model, layer, lower_layer, vn, x[:2].to(device), lay, lower_layout)
     with torch.inference_mode():
         out = forward_to(model, layer, x.to(device)).float()
-    lay = layer_layout(model, layer, x[:2].to(device), layout)
     n_channels = lay.channels(out)
-    bad = [n for n in vn.neurons if n >= n_channels]
-    if bad:
-        raise PuretoolsError(
-            f"The virtual neurons were fitted for neuron(s) {bad} but layer {layer!r} has {n_channels} "
-            "channels: was vn fitted on another layer?"
-        )
     acts = lay.reduce(out, token_reduce)[:, vn.neurons].cpu()  # CNNs: the spatial max
     m = len(x)
     refs = torch.arange(m).expand(n_channels, m)  # every image is a reference of every neuron
@@ -203,8 +236,9 @@ def virtual_activations(
     >>> torch.allclose(acts.sum(-1), plain)
     True
     """
-    if not temperature > 0:
-        raise PuretoolsError(f"temperature must be positive, got {temperature!r}.")
+    check_number(temperature, "temperature", 0, low_open=True)
+    if not isinstance(soft, bool):
+        raise PuretoolsError(f"soft={soft!r} must be True or False.")
     r = route_images(model, images, layer, lower_layer, vn, method=method, device=device, layout=layout,
                      lower_layout=lower_layout, token_reduce=token_reduce)  # fmt: skip
     n, m = r.routes.shape
@@ -240,7 +274,7 @@ def virtual_conditions(vn: VirtualNeurons, neuron: int) -> torch.Tensor:
             [ True, False, False]])
     """
     _check_fitted(vn)
-    return partition_conditions(vn.centroids[vn.position(neuron)])
+    return partition_conditions(vn.centroids[vn.position(check_int(neuron, "neuron"))])
 
 
 def partition_conditions(centroids: torch.Tensor) -> torch.Tensor:
@@ -333,14 +367,14 @@ def conditional_heatmaps(
     (torch.Size([2, 2, 8, 8]), True)
     """
     _check_method(method)
-    if batch_size < 1:
-        raise PuretoolsError(f"batch_size must be a positive integer, got {batch_size}.")
+    batch_size = check_int(batch_size, "batch_size", low=1)
+    neuron = check_int(neuron, "neuron", low=0)
     masks = torch.as_tensor(conditions).float()
     x = _as_images(images)
     device = resolve_device(device, model)
     model = prepare_model(model, device)
-    check_images(x, model)
-    if masks.ndim != 2:
+    x = check_images(x, model)  # float64 images for a float32 model: cast
+    if masks.ndim != 2 or 0 in masks.shape:
         raise PuretoolsError(f"conditions must have shape [n_conditions, C_lower], got {tuple(masks.shape)}.")
     rows = torch.cat([masks, torch.ones(1, masks.shape[1])])  # the last row: no condition
     m = len(x)
@@ -464,9 +498,16 @@ def virtual_heatmaps(
     """
     _check_fitted(vn)
     _check_method(method)
-    if weights not in ("partition", "contrastive"):
-        raise PuretoolsError(f"weights must be 'partition' or 'contrastive', not {weights!r}.")
-    pos = vn.position(neuron)
+    check_virtual_neurons(vn, layer, lower_layer)
+    check_choice(weights, "weights", ("partition", "contrastive"))
+    pos = vn.position(check_int(neuron, "neuron"))
+    if not isinstance(return_full, bool):
+        raise PuretoolsError(f"return_full={return_full!r} must be True or False.")
+    x = _as_images(images)
+    dev = resolve_device(device, model)
+    check_layer_pair(prepare_model(model, dev), layer, lower_layer, vn, check_images(x[:2], model).to(dev),
+                     layout, lower_layout)  # fmt: skip
+    images = x
     if conditions is not None:
         masks = torch.as_tensor(conditions)
     elif weights == "partition":

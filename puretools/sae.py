@@ -17,9 +17,17 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from . import cache
-from .checks import resolve_device
+from .checks import (
+    check_activations,
+    check_images,
+    check_int,
+    check_number,
+    check_optional_int,
+    resolve_device,
+)
 from .errors import PuretoolsError
 from .forward import collate_images, layer_output, prepare_model
+from .models import get_module
 from .reference_type import References, check_references
 from .virtual import VirtualNeurons
 
@@ -93,9 +101,11 @@ def _positions(model, dataset, layer, n_images, batch_size, device) -> torch.Ten
     with torch.inference_mode():
         for s in range(0, n_images, batch_size):
             images = collate_images([dataset[i] for i in range(s, min(s + batch_size, n_images))])
+            images = check_images(images, model, s)  # NaN/Inf pixels, uint8: named, with the fix
             out = layer_output(model, layer, images.to(device)).float()
             if out.ndim != 4:
                 raise PuretoolsError(f"Layer {layer!r} gives outputs of shape {tuple(out.shape)}; expected [B, C, H, W].")
+            check_activations(out, layer, s)
             rows.append(out.permute(0, 2, 3, 1).reshape(-1, out.shape[1]).cpu())
     return torch.cat(rows)
 
@@ -159,10 +169,20 @@ def train_layer_sae(
     >>> (codes > 0).sum(1).le(4).all().item()
     True
     """
+    n_latents = check_optional_int(n_latents, "n_latents", low=1)
+    top_k = check_optional_int(top_k, "top_k", low=1)
+    epochs = check_int(epochs, "epochs", low=1)
+    n_images = check_optional_int(n_images, "n_images", low=1)
+    batch_size = check_int(batch_size, "batch_size", low=1)
+    lr = check_number(lr, "lr", 0, low_open=True)
+    seed = check_int(seed, "seed", low=0)
+    if len(dataset) == 0:
+        raise PuretoolsError("dataset is empty; train the SAE on at least one image.")
+    get_module(model, layer)
     TopKSAE, train_sae, r2_score = _overcomplete_sae()
     device = resolve_device(device, model)
     model = prepare_model(model, device)
-    n_images = len(dataset) if n_images is None else min(int(n_images), len(dataset))
+    n_images = len(dataset) if n_images is None else min(n_images, len(dataset))
     key = None
     if cache_dir is not None and not cache.items_change(dataset):
         from importlib.metadata import version
@@ -179,8 +199,8 @@ def train_layer_sae(
             return LayerSAE(sae.eval(), layer, info["n_latents"], info["top_k"], info["scale"], info["r2"], info["dead"])
     x = _positions(model, dataset, layer, n_images, 256, device)  # [n_images * H * W, C]
     c = x.shape[1]
-    n_latents = 4 * c if n_latents is None else int(n_latents)
-    top_k = max(1, c // 2) if top_k is None else int(top_k)
+    n_latents = 4 * c if n_latents is None else n_latents
+    top_k = max(1, c // 2) if top_k is None else top_k
     if not 1 <= top_k <= n_latents:
         raise PuretoolsError(f"top_k must lie in 1..n_latents ({n_latents}), got {top_k}.")
     scale = float(x.square().mean().sqrt().clamp(min=1e-12))
@@ -303,11 +323,22 @@ def sae_contributions(
     >>> torch.allclose(c.sum(1), (sae.encode(h) @ sae.dictionary)[:, 2], atol=1e-5)  # the reconstruction
     True
     """
-    h = torch.as_tensor(h).float()
+    if not isinstance(sae, LayerSAE):
+        raise PuretoolsError(f"sae must be a LayerSAE from train_layer_sae, got {type(sae).__name__}.")
+    h = torch.as_tensor(h)
+    if h.ndim != 2 or h.shape[1] != sae.dictionary.shape[1] or not len(h):
+        raise PuretoolsError(
+            f"h must have shape [n_ref, {sae.dictionary.shape[1]}] (the vector of {sae.layer!r} per reference, "
+            f"n_ref >= 1), got {tuple(h.shape)}."
+        )
+    h = h.float()
+    if not torch.isfinite(h).all():
+        raise PuretoolsError("h contains NaN or Inf values; check the activations it was read from.")
     with torch.no_grad():
         z = sae.encode(h)
     d = sae.dictionary  # [n_latents, C]
-    if isinstance(readout, int):
+    if not callable(readout):
+        readout = check_int(readout, "readout")
         if not 0 <= readout < d.shape[1]:
             raise PuretoolsError(f"readout={readout} is not a channel of {sae.layer!r} (0..{d.shape[1] - 1}).")
         return z * d[:, readout]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import inspect
 import warnings
 from typing import Literal
@@ -15,7 +16,7 @@ from .errors import PuretoolsError
 from .forward import forward_to
 from .models import get_module
 
-__all__ = ["memory_plan", "subnetwork", "tf32_matmuls"]
+__all__ = ["memory_plan", "subnetwork", "subnetwork_input", "tf32_matmuls"]
 
 Precision = Literal["float32", "tf32", "bfloat16"]
 
@@ -169,7 +170,13 @@ def subnetwork(model: nn.Module, layer: str, lower_layer: str, cut: str | None =
         if node in needed:
             env[node] = sub.node_copy(node, lambda n: env[n])
     sub.output(env[top] if cut is None else (env[top], env[low]))
-    return fx.GraphModule(model, sub, class_name="Subnetwork")
+    module = fx.GraphModule(model, sub, class_name="Subnetwork")
+    if cut is None:
+        # while it runs, edits of ``layer`` (puretools.editing) read the lower-layer input from here:
+        # ``lower_layer`` itself does not run in this pass (with a cut it does, and its hooks see it)
+        module.register_forward_pre_hook(lambda _m, args: _enter_pass(model, lower_layer, args[0]))
+        module.register_forward_hook(lambda *_: _leave_pass(), always_call=True)
+    return module
 
 
 def _between(top: fx.Node, bottom: fx.Node, defaults: dict) -> tuple[set[fx.Node], bool, bool]:
@@ -202,6 +209,38 @@ def _find_cut(graph: fx.Graph, top: fx.Node, low: fx.Node, position: dict, defau
         needed, reached, skips = _between(top, node, defaults)
         if reached and not skips and low in needed:
             return str(node.target)
+    return None
+
+
+_PASSES: contextvars.ContextVar[tuple[tuple[nn.Module, str, torch.Tensor], ...]] = contextvars.ContextVar(
+    "puretools_subnetwork_passes", default=()
+)
+
+
+def _enter_pass(model: nn.Module, lower_layer: str, lower: torch.Tensor) -> None:
+    _PASSES.set((*_PASSES.get(), (model, lower_layer, lower)))
+
+
+def _leave_pass() -> None:
+    _PASSES.set(_PASSES.get()[:-1])
+
+
+def subnetwork_input(model: nn.Module, lower_layer: str) -> torch.Tensor | None:
+    """The input of the innermost running :func:`subnetwork` pass of ``model`` that starts at
+    ``lower_layer`` (the output of that layer it was given), or None outside such a pass.
+
+    Examples
+    --------
+    >>> model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    >>> seen = []
+    >>> _ = model[2].register_forward_hook(lambda *_: seen.append(subnetwork_input(model, "0")))
+    >>> _ = subnetwork(model, "2", "0")(torch.ones(1, 4, 2, 2))
+    >>> seen[0].shape, subnetwork_input(model, "0") is None
+    (torch.Size([1, 4, 2, 2]), True)
+    """
+    for owner, name, lower in reversed(_PASSES.get()):
+        if owner is model:
+            return lower if name == lower_layer else None
     return None
 
 

@@ -12,7 +12,14 @@ from sklearn.metrics import silhouette_score
 from torch import nn
 from torch.utils.data import Dataset
 
-from .checks import check_activations, check_called_once, check_images, resolve_device
+from .checks import (
+    check_activations,
+    check_called_once,
+    check_ids,
+    check_images,
+    check_int,
+    resolve_device,
+)
 from .errors import PuretoolsError
 from .forward import collate_images, layer_output, prepare_model
 from .layouts import Layout, layer_layout
@@ -100,14 +107,20 @@ class VirtualNeurons:
     """
 
     def __init__(self, seed: int = 0, n_init: int = 10, k_range: tuple[int, int] = (2, 5)) -> None:
-        self.seed = seed
-        self.n_init = n_init
-        self.k_range = k_range
+        self.seed = check_int(seed, "seed", low=0)
+        self.n_init = check_int(n_init, "n_init", low=1)
+        if isinstance(k_range, (str, bytes)) or len(k_range) != 2:
+            raise PuretoolsError(f"k_range={k_range!r} must be two integers (lowest, highest k), e.g. (2, 5).")
+        lo, hi = check_int(k_range[0], "k_range[0]", low=1), check_int(k_range[1], "k_range[1]", low=1)
+        if lo > hi:
+            raise PuretoolsError(f"k_range={k_range!r} must be (lowest, highest) with lowest <= highest, e.g. (2, 5).")
+        self.k_range = (lo, hi)
         self.labels: torch.Tensor | None = None
         self.centroids: list[torch.Tensor] = []
         self.ks: list[int] = []
         self.silhouettes: list[dict[int, float]] = []
         self.neurons: list[int] = []
+        self.neurons_given = True
         self.layer: str | None = None
         self.lower_layer: str | None = None
 
@@ -146,7 +159,16 @@ class VirtualNeurons:
             Remembered for reference (e.g. ``"layer4"``, ``"layer3"``).
         """
         x = self._as_3d(circuits).detach().double().cpu()
-        n_neurons, n_ref, _ = x.shape
+        n_neurons, n_ref, dim = x.shape
+        if not (n_neurons and n_ref and dim):
+            raise PuretoolsError(
+                f"circuits of shape {tuple(x.shape)} are empty; fit needs at least one neuron, one reference "
+                "and one feature."
+            )
+        if not torch.isfinite(x).all():
+            raise PuretoolsError(
+                "circuits contain NaN or Inf values; recompute them (circuit_attributions checks its own)."
+            )
         neuron_ids = self._check_neurons(neurons, n_neurons)
         if isinstance(k, str):
             if k != "auto":
@@ -192,6 +214,7 @@ class VirtualNeurons:
             self.silhouettes.append(scores)
         self.labels = torch.stack(labels)
         self.neurons = neuron_ids
+        self.neurons_given = neurons is not None  # else rows 0..N-1: routing checks it covers the layer
         self.layer, self.lower_layer = layer, lower_layer
         return self
 
@@ -199,14 +222,12 @@ class VirtualNeurons:
     def _check_neurons(neurons: Sequence[int] | torch.Tensor | None, n_neurons: int) -> list[int]:
         if neurons is None:
             return list(range(n_neurons))
-        ids = torch.as_tensor(neurons).reshape(-1)
-        if ids.is_floating_point() or ids.dtype == torch.bool:
-            raise PuretoolsError(f"neurons must be integer channel indices, got dtype {ids.dtype}.")
-        out = [int(v) for v in ids]
+        out = check_ids(neurons, "neurons", what="channels")
         if len(out) != n_neurons:
-            raise PuretoolsError(f"Got {len(out)} neuron ids for circuits of {n_neurons} neurons (one id per row).")
-        if len(set(out)) != len(out) or min(out, default=0) < 0:
-            raise PuretoolsError(f"neurons must be distinct non-negative channel indices, got {out}.")
+            raise PuretoolsError(
+                f"neurons={out[:8]}{'...' if len(out) > 8 else ''} names {len(out)} channel(s) but the circuits "
+                f"hold {n_neurons} neuron row(s); give one id per row (the neurons= of circuit_attributions)."
+            )
         return out
 
     @property
@@ -342,6 +363,7 @@ def activation_features(
     """
     if where not in ("mean", "peak"):
         raise PuretoolsError(f"where must be 'mean' (spatial mean) or 'peak' (the neuron's peak location), not {where!r}.")
+    batch_size = check_int(batch_size, "batch_size", low=1)
     idx, neurons_t = check_references(references, dataset, layer, neurons)
     idx = idx[neurons_t]
     read_layer = layer if read_layer is None else read_layer

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
 import puretools as pt
-from puretools import cache
+from puretools import cache, files
 
 HERE = Path(__file__).parent
 
@@ -73,13 +73,13 @@ def test_determinism_across_processes(tmp_path):
 KILL_DURING_WRITE = """
 import os, signal, sys, torch
 import safetensors.torch as st
-from puretools import cache
+from puretools import cache, files
 def half_then_die(tensors, path, metadata=None):
     with open(path, "wb") as f:
         f.write(b"partial garbage")
         f.flush()
     os.kill(os.getpid(), signal.SIGKILL)
-cache.save_file = half_then_die
+files.save_file = half_then_die
 cache.save_cached(sys.argv[1], "references", "k" * 64, {"x": torch.zeros(3)})
 """
 
@@ -304,7 +304,7 @@ def test_entry_path_that_is_a_directory_only_warns(tmp_path):
 
 @pytest.mark.parametrize("what", ["references", "circuits"])
 def test_checkpoint_that_cannot_be_written_warns_and_the_run_goes_on(tmp_path, monkeypatch, vgg, small_images, what):
-    real = cache.save_file
+    real = files.save_file
 
     def full_disk(tensors, path, metadata=None):
         if "-partial-" in str(path):
@@ -314,7 +314,7 @@ def test_checkpoint_that_cannot_be_written_warns_and_the_run_goes_on(tmp_path, m
     refs = pt.collect_references(vgg, small_images, "features.9", n_ref=4, progress=False)
     clean = pt.circuit_attributions(vgg, small_images, "features.9", "features.6", refs, image_chunk=4,
                                     progress=False)
-    monkeypatch.setattr(cache, "save_file", full_disk)
+    monkeypatch.setattr(files, "save_file", full_disk)
     with pytest.warns(RuntimeWarning, match="No space left on device"):
         if what == "references":
             got = pt.collect_references(vgg, small_images, "features.9", n_ref=4, batch_size=4, cache_dir=tmp_path,
@@ -331,7 +331,7 @@ def test_final_write_that_fails_returns_the_result(tmp_path, monkeypatch):
     def full_disk(tensors, path, metadata=None):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cache, "save_file", full_disk)
+    monkeypatch.setattr(files, "save_file", full_disk)
     data = TensorDataset(torch.randn(20, 3, 6, 6))
     with pytest.warns(RuntimeWarning, match="No space left"):
         refs = collect(tiny_model(), data, tmp_path)
@@ -343,8 +343,8 @@ KILL_DURING_FINAL_WRITE = """
 import os, signal, sys, torch
 from torch.utils.data import TensorDataset
 import puretools as pt
-from puretools import cache
-real = cache.save_file
+from puretools import cache, files
+real = files.save_file
 def half_then_die(tensors, path, metadata=None):
     if "-partial-" not in str(path):  # the final write: half a file, then kill -9
         with open(path, "wb") as f:
@@ -352,7 +352,7 @@ def half_then_die(tensors, path, metadata=None):
             f.flush()
         os.kill(os.getpid(), signal.SIGKILL)
     return real(tensors, path, metadata=metadata)
-cache.save_file = half_then_die
+files.save_file = half_then_die
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.ReLU()).eval()
 data = TensorDataset(torch.randn(40, 3, 6, 6, generator=torch.Generator().manual_seed(3)))

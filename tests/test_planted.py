@@ -101,5 +101,5 @@ def test_planting_checks_its_input():
         plant_neurons(model, tw.LAYER, units, [(0,)])
     with pytest.raises(ValueError):
         plant_neurons(model, "layer9", units, [(0, 1)])
-    with pytest.raises(TypeError, match="Linear"):
+    with pytest.raises(pt.PuretoolsError, match="Linear"):
         class_activation_units(nn.Conv2d(3, 3, 1))

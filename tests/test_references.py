@@ -210,7 +210,7 @@ def test_bad_neurons_are_named(vgg, small_images, user, neurons, message):
 
 def test_reference_patches_checks_neuron_and_layer(vgg, small_images):
     refs = pt.collect_references(vgg, small_images, "features.9", n_ref=2, progress=False)
-    with pytest.raises(pt.PuretoolsError, match="not an integer"):
+    with pytest.raises(pt.PuretoolsError, match="neuron=1.7 must be an integer"):
         pt.reference_patches(vgg, small_images, "features.9", refs, neuron=1.7)
     with pytest.raises(pt.PuretoolsError, match="collected at layer 'features.9'"):
         pt.reference_patches(vgg, small_images, "features.6", refs, neuron=1, heatmaps=torch.zeros(2, 48, 48))

@@ -129,7 +129,7 @@ def test_edit_under_grad_and_with_whole_neuron(toy):
 
 def test_bad_edits_and_unfitted_neurons(toy):
     model, vn, images = toy
-    with pytest.raises(pt.PuretoolsError, match="has 2 virtual neurons"):
+    with pytest.raises(pt.PuretoolsError, match="2 virtual neurons of neuron 1"):
         edit_virtual_neurons(model, LAYER, LOWER, vn, suppress={1: [2]})
     with pytest.raises(pt.PuretoolsError, match="was not fitted"):
         edit_virtual_neurons(model, LAYER, LOWER, vn, suppress={0: [0]})

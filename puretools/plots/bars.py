@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ..errors import PuretoolsError
 from ..evaluate import DistanceTable, MeanSem
 from ._common import _new_figure, _save
 
@@ -162,6 +163,10 @@ def plot_cluster_distances(
     >>> float(fig.axes[0].get_ylim()[0])
     0.0
     """
+    if not isinstance(table, DistanceTable):
+        raise PuretoolsError(
+            f"table must be a DistanceTable (from evaluate_clusterings), got {type(table).__name__}."
+        )
     fig, ax = _new_figure(ax, figsize, dpi)
     methods = table.methods
     x = np.arange(len(methods))
@@ -232,6 +237,17 @@ def plot_distance_correlation(
     >>> [round(float(p.get_height()), 2) for p in fig.axes[0].patches]
     [0.38, 0.17]
     """
+    if not isinstance(correlations, Mapping) or not correlations:
+        raise PuretoolsError(
+            f"correlations must be a non-empty dict name -> MeanSem (from distance_correlation), got {correlations!r:.80}."
+        )
+    for name, value in correlations.items():
+        try:
+            mean = _as_mean_sem(value).mean
+        except (TypeError, ValueError, IndexError):
+            raise PuretoolsError(f"correlations[{name!r}]={value!r} is not a MeanSem, a (mean, sem) pair or a number.") from None
+        if not math.isfinite(mean):
+            raise PuretoolsError(f"correlations[{name!r}] has mean {mean}; a bar needs a finite value.")
     fig, ax = _new_figure(ax, figsize, dpi)
     names = list(correlations)
     values = [_as_mean_sem(correlations[n]) for n in names]

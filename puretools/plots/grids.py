@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..checks import check_int, check_names
 from ..errors import PuretoolsError
 from ._common import _check_patches, _new_figure, _save
 from .bars import cluster_colors
@@ -62,6 +63,7 @@ def patch_grid(
     (22, 62, 3)
     """
     patches = _check_patches(patches)
+    ncols = check_int(ncols, "ncols", low=1)
     ncols = max(1, min(ncols, len(patches))) if len(patches) else max(1, ncols)
     nrows = max(1, math.ceil(len(patches) / ncols))
     if figsize is None:
@@ -119,8 +121,7 @@ def virtual_neuron_grids(
     labels = np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64).reshape(-1)
     if len(labels) != len(patches):
         raise PuretoolsError(f"Got {len(patches)} patches but {len(labels)} labels.")
-    if per_cluster < 1:
-        raise PuretoolsError("per_cluster must be a positive integer.")
+    per_cluster = check_int(per_cluster, "per_cluster", low=1)
     clusters = list(range(int(labels.max()) + 1)) if len(labels) else []
     k = max(1, len(clusters))
     if figsize is None:
@@ -186,7 +187,12 @@ def plot_concept_mix(
     >>> len(fig.axes)
     2
     """
+    concept_names = check_names(concept_names, "concept_names")
     mix = np.asarray(torch.as_tensor(mix, dtype=torch.float32))
+    if mix.ndim != 2 or mix.shape[1] != len(concept_names):
+        raise PuretoolsError(
+            f"mix must have shape [k, {len(concept_names)}] (one column per name in concept_names), got {mix.shape}."
+        )
     n, c = mix.shape
     neurons = list(range(n)) if neurons is None else list(neurons)
     fig, ax = _new_figure(ax, figsize or (0.45 * c + 2.2, 0.4 * n + 1.6), dpi)

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import torch
 
+from ..checks import check_int, check_number
 from ..errors import PuretoolsError
 from ._common import _check_patches, _new_figure, _save
 from .bars import cluster_colors
@@ -45,10 +46,13 @@ def umap_embedding(
     x = np.asarray(torch.as_tensor(features).detach().double().cpu(), dtype=np.float64)
     if x.ndim != 2:
         raise PuretoolsError(f"Expected features [n, D], got shape {x.shape}.")
+    if not np.isfinite(x).all():
+        raise PuretoolsError("features contain NaN or Inf values; UMAP needs finite features.")
+    check_number(min_dist, "min_dist", 0)
     n = len(x)
     if n < 4:
         raise PuretoolsError(f"UMAP needs at least 4 points, got {n}.")
-    neighbours = min(15, n - 1) if n_neighbors is None else int(n_neighbors)
+    neighbours = min(15, n - 1) if n_neighbors is None else check_int(n_neighbors, "n_neighbors")
     if not 2 <= neighbours < n:
         raise PuretoolsError(f"n_neighbors must lie in 2..{n - 1} for {n} points.")
     import warnings

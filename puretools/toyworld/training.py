@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import PuretoolsError
+from ..files import atomic_save_file
 from .model import DATA_DIR, DEFAULT_STRIDES, DEFAULT_WIDTHS, _config, build_model
 from .vit import DEFAULT_VIT, VIT_FILE, VIT_RECORD, _vit_config, build_vit
 from .world import CONCEPTS, ToyWorld, _normalize
@@ -174,7 +175,6 @@ def train(
 
 def _train(out_dir, epochs, seed, n_train, max_batches, verbose, builder, configure, files, batch_size, lr,
            weight_decay) -> dict:  # fmt: skip
-    from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
@@ -218,7 +218,7 @@ def _train(out_dir, epochs, seed, n_train, max_batches, verbose, builder, config
     config = configure(model)
     checkpoint, record_file = (out_dir / name for name in files)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(checkpoint), metadata={"config": json.dumps(config)})
+    atomic_save_file(state, checkpoint, metadata={"config": json.dumps(config)})
     record = {
         "config": config,
         "seed": seed,

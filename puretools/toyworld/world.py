@@ -348,6 +348,11 @@ class ToyWorld(Dataset):
         scene = {k: v[rows] for k, v in self._scenes.items()}
         placed = scene["placed"].copy()
         for r, (i, slots) in enumerate(zip(rows, drop)):
+            if isinstance(slots, (int, np.integer, str, bytes)):
+                raise PuretoolsError(f"slots={slots!r} must be a list of slot numbers, e.g. slots=[0].")
+            slots = list(slots)
+            if len(set(slots)) != len(slots):
+                raise PuretoolsError(f"slots={slots!r} names a slot more than once; give each slot once.")
             for slot in slots:
                 if not (isinstance(slot, (int, np.integer)) and 0 <= slot < _MAX_OBJECTS and placed[r, slot]):
                     raise PuretoolsError(
