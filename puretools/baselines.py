@@ -484,6 +484,10 @@ def format_protocol_table(summary: dict, coverage: Sequence[float]) -> str:
     bootstrap interval (on the ARI of labelled references). ``coverage``: per model, the
     share of scored references with a causal label (``ProtocolRun.coverage``).
     """
+    if not isinstance(summary, dict) or not summary:
+        raise PuretoolsError(
+            f"summary must be the non-empty dict of a protocol run's summary, got {type(summary).__name__}."
+        )
     cov = ", ".join(f"{c:.2f}" for c in coverage)
     lines = [f"coverage (share of scored references with a causal label), per model: {cov}",
              f"{'k':10s} {'method':16s} {'ARI (labelled)':>26s} {'ARI (unlabelled = class)':>26s} "

@@ -340,6 +340,13 @@ def aggregate(results: list[ToyComparison]) -> dict:
     >>> aggregate([a, b])["SAE"]["natural"]
     {'mean': 0.7, 'sd': 0.1414, 'min': 0.6, 'max': 0.8, 'per_model': [0.8, 0.6]}
     """
+    if isinstance(results, ToyComparison) or not isinstance(results, (list, tuple)) or not results or not all(
+        isinstance(r, ToyComparison) for r in results
+    ):
+        raise PuretoolsError(
+            f"results must be a non-empty list of ToyComparison (from compare_on_toy), got {type(results).__name__}; "
+            "pass [compare_on_toy(...)] for one model."
+        )
     table: dict = {}
     for m in METHODS:
         table[m] = {}
@@ -365,6 +372,8 @@ def format_table(table: dict) -> str:
     >>> print(format_table(aggregate([a])).splitlines()[1])
     PURE-gradient                0.80                 -                 -
     """
+    if not isinstance(table, dict) or not table or not all(isinstance(row, dict) for row in table.values()):
+        raise PuretoolsError(f"table must be the dict that aggregate() returns, got {type(table).__name__}.")
     many = any(c.get("sd") is not None for row in table.values() for c in row.values())
     width = 28 if many else 18
     lines = [f"{'method':15s}" + "".join(f"{c:>{width}s}" for c in CASES)]

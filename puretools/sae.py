@@ -323,8 +323,11 @@ def sae_contributions(
     >>> torch.allclose(c.sum(1), (sae.encode(h) @ sae.dictionary)[:, 2], atol=1e-5)  # the reconstruction
     True
     """
-    if not isinstance(sae, LayerSAE):
-        raise PuretoolsError(f"sae must be a LayerSAE from train_layer_sae, got {type(sae).__name__}.")
+    if not isinstance(sae, LayerSAE) and not (callable(getattr(sae, "encode", None)) and hasattr(sae, "dictionary")):
+        raise PuretoolsError(
+            f"sae must be a LayerSAE from train_layer_sae (or an object with .encode and .dictionary), "
+            f"got {type(sae).__name__}."
+        )
     h = torch.as_tensor(h)
     if h.ndim != 2 or h.shape[1] != sae.dictionary.shape[1] or not len(h):
         raise PuretoolsError(

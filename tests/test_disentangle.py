@@ -31,7 +31,7 @@ def test_aggregate_mean_and_sample_spread():
 @pytest.mark.subprocess
 def test_quick_benchmark_prints_one_row_per_method(tmp_path):
     out = tmp_path / "quick.json"
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_disentangle.py"), "--quick",
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_disentangle.py"), "--quick", "--legacy",
                              "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr
     table = result.stdout.split("mean ARI against ground truth", 1)[1].splitlines()[2:2 + len(METHODS)]

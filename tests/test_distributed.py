@@ -302,8 +302,9 @@ def test_the_work_is_split(ranks, single):
     """Each rank reads about half of the images one process reads (none twice)."""
     for what in ("references", "circuits"):
         reads = [r[f"fresh_{what}_reads"] for r in ranks]
-        # circuits: every rank, as one process, forwards image 0 to check the layer's channel count
-        twice = WORLD - 1 if what == "circuits" else 0
+        # circuits: every rank, as one process, reads image 0 twice: to find the layers' layouts and to
+        # check the layer's channel count
+        twice = 2 * (WORLD - 1) if what == "circuits" else 0
         assert sum(reads) == single[f"fresh_{what}_reads"] + twice, what
         assert max(reads) < 0.6 * single[f"fresh_{what}_reads"], (what, reads)
 
@@ -325,7 +326,8 @@ def test_the_cache_holds_one_entry_per_result_under_the_one_process_name(ranks, 
     for got in ranks:
         assert got["cache_files"] == expected
         assert equal(got["cached_again"], single["toy_gradient"])
-        assert got["cached_reads"] <= 3  # the data set's fingerprint only: nothing recomputed
+        # the data set's fingerprint and image 0 for the layers' layouts: nothing recomputed
+        assert got["cached_reads"] <= 4
 
 
 @pytest.mark.distributed
