@@ -127,6 +127,20 @@ def _config(model: ToyResNet) -> dict:
     }
 
 
+def checkpoint_config(path: Path, missing: str) -> dict | None:
+    """The ``config`` metadata of a toy checkpoint (None: it has none).
+
+    Raises WeightsNotFoundError with the message ``missing`` when the file does not exist.
+    """
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise WeightsNotFoundError(missing)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta["config"]) if "config" in meta else None
+
+
 def load_toy_model(path: str | os.PathLike | None = None) -> nn.Module:
     """The toy model shipped in ``data/toyworld/model.safetensors`` (or ``path``), in eval mode.
 
@@ -143,23 +157,19 @@ def load_toy_model(path: str | os.PathLike | None = None) -> nn.Module:
     >>> model.training, model.layer4[0].conv2.out_channels < len(CONCEPTS)
     (False, True)
     """
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(path) if path is not None else DATA_DIR / "model.safetensors"
-    if not path.is_file():
-        raise WeightsNotFoundError(
-            f"The toy model checkpoint {str(path)!r} does not exist. Train it with "
-            "`python -m puretools toy train` (under 2 minutes on a CPU), which writes "
-            f"{DATA_DIR / 'model.safetensors'}."
-        )
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if "config" not in meta:
+    config = checkpoint_config(
+        path,
+        f"The toy model checkpoint {str(path)!r} does not exist. Train it with "
+        "`python -m puretools toy train` (under 2 minutes on a CPU), which writes "
+        f"{DATA_DIR / 'model.safetensors'}.",
+    )
+    if config is None:
         raise PuretoolsError(
             f"{str(path)!r} has no 'config' metadata: it was not written by toyworld.train."
         )
-    config = json.loads(meta["config"])
     if config.get("architecture", "ToyResNet") != "ToyResNet":
         raise PuretoolsError(
             f"{str(path)!r} holds a {config['architecture']}, not a toy ResNet: load it with "

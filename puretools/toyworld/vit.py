@@ -34,16 +34,15 @@ logit of the share of present concepts.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 
 from torch import nn
 
-from ..errors import PuretoolsError, WeightsNotFoundError
+from ..errors import PuretoolsError
 from ..models import register_model
-from .model import DATA_DIR
+from .model import DATA_DIR, checkpoint_config
 from .world import _OBJECT_COUNTS, CONCEPTS, IMAGE_SIZE, MEAN, STD
 
 __all__ = [
@@ -168,19 +167,15 @@ def load_toy_vit(path: str | os.PathLike | None = None) -> nn.Module:
     >>> model.training, model.blocks[-1].mlp.fc1.out_features < len(CONCEPTS)  # 8 neurons, 16 concepts
     (False, True)
     """
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(path) if path is not None else DATA_DIR / VIT_FILE
-    if not path.is_file():
-        raise WeightsNotFoundError(
-            f"The toy ViT checkpoint {str(path)!r} does not exist. Train it with "
-            f"`python -m puretools toy train --arch vit` (a few minutes on a CPU), which writes "
-            f"{DATA_DIR / VIT_FILE}."
-        )
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    config = json.loads(meta.get("config", "{}"))
+    config = checkpoint_config(
+        path,
+        f"The toy ViT checkpoint {str(path)!r} does not exist. Train it with "
+        f"`python -m puretools toy train --arch vit` (a few minutes on a CPU), which writes "
+        f"{DATA_DIR / VIT_FILE}.",
+    ) or {}
     if config.get("architecture") != "ToyViT":
         raise PuretoolsError(
             f"{str(path)!r} does not hold a toy ViT (its metadata says architecture "
