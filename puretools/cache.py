@@ -30,6 +30,7 @@ from .fingerprints import (
     item_digest,
     item_image,
     items_change,
+    items_prefix,
     model_fingerprint,
     object_fingerprint,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "item_digest",
     "item_image",
     "items_change",
+    "items_prefix",
     "load_cached",
     "load_entry",
     "model_fingerprint",

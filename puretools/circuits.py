@@ -343,7 +343,7 @@ def circuit_attributions(
                                   expect={"out": (len(pairs.images), None), "next": (), "hash": (32,)})
         if state is not None:  # an interrupted run with the same fingerprint: continue it, if its images
             done_images = unique_images[: int(state["next"])]  # are still the ones the checkpoint saw
-            _update_prefix(prefix, dataset, done_images)
+            cache.items_prefix(prefix, dataset, done_images)
             if 0 < int(state["next"]) <= len(unique_images) and prefix.digest() == state["hash"].numpy().tobytes():
                 out, first_chunk = state["out"], int(state["next"])
             else:
@@ -370,7 +370,7 @@ def circuit_attributions(
                             method, plan.batch_size, precision, device, bar, plan.layouts,
                             plan.cut is not None)  # fmt: skip
             if key is not None and checkpoint_every:
-                _update_prefix(prefix, dataset, chunk)
+                cache.items_prefix(prefix, dataset, chunk)
             if key is not None and checkpoint_every and chunk_number % checkpoint_every == 0 and end < len(unique_images):
                 saved = cache.save_cached(cache_dir, "circuits-partial", key, {
                     "out": out, "next": torch.tensor(end),
@@ -384,12 +384,6 @@ def circuit_attributions(
         if saved is not None:
             cache.remove_cached(cache_dir, "circuits-partial", key)
     return circuits
-
-
-def _update_prefix(prefix, dataset: Dataset, images: torch.Tensor) -> None:
-    """Add the item digests of the data-set images ``images`` (LongTensor) to the hash ``prefix``."""
-    for i in images.tolist():
-        prefix.update(cache.item_digest(cache.item_image(dataset[i], i)))
 
 
 @dataclass(frozen=True)

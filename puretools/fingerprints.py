@@ -32,6 +32,7 @@ __all__ = [
     "item_digest",
     "item_image",
     "items_change",
+    "items_prefix",
     "model_fingerprint",
     "object_fingerprint",
 ]
@@ -183,6 +184,27 @@ def item_digest(image: torch.Tensor) -> bytes:
         data = None
     digest.update(_tensor_bytes(image) if data is None else data)
     return digest.digest()
+
+
+def items_prefix(prefix: Any, dataset: Any, indices: Any) -> Any:
+    """Add the digests of the data-set images ``indices`` (in that order) to the sha256 ``prefix``.
+
+    What a resumable checkpoint stores of the images it has done, so that a later run continues
+    it only when those images are still the same (changed images, or a forged file, start over).
+    Returns ``prefix``.
+
+    Examples
+    --------
+    >>> data = [(torch.zeros(3, 2, 2), 0), (torch.ones(3, 2, 2), 1)]
+    >>> a = items_prefix(hashlib.sha256(), data, [0, 1]).digest()
+    >>> a == items_prefix(hashlib.sha256(), data, torch.tensor([0, 1])).digest()
+    True
+    >>> a == items_prefix(hashlib.sha256(), data, [1, 0]).digest()
+    False
+    """
+    for i in torch.as_tensor(indices, dtype=torch.long).tolist():
+        prefix.update(item_digest(item_image(dataset[i], i)))
+    return prefix
 
 
 def _type_name(obj: Any) -> str:

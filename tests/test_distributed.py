@@ -11,12 +11,15 @@ import datetime
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
@@ -78,6 +81,21 @@ class Plain(Flaky):
     fingerprint = None
 
 
+class FailAfterCheckpoint(Dataset):
+    """The images of ``data``; reading fails once a file matching ``pattern`` exists (a checkpoint)."""
+
+    def __init__(self, data, pattern: Path):
+        self.data, self.pattern = data, pattern
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        if any(self.pattern.parent.glob(self.pattern.name)):
+            raise OSError(f"disk error reading item {i}")
+        return self.data[i]
+
+
 def fields(refs):
     """Every field of a References, in order (a tuple that torch.save can store)."""
     return tuple(getattr(refs, f.name) for f in dataclasses.fields(refs))
@@ -134,6 +152,8 @@ def scenarios(rank: int, tmp: Path) -> dict:
         except Exception as err:
             out[f"error_{name}"] = f"{type(err).__name__}: {err}"
     if rank is None:
+        out["plain_circuits"] = pt.circuit_attributions(model, Plain(plain), toyworld.LAYER, toyworld.LOWER_LAYER,
+                                                        out["plain_refs"][0], progress=False, batch_size=40, image_chunk=25)
         return out
 
     # cache: one entry per result, under the one-process name; a second call reads it
@@ -201,6 +221,36 @@ def scenarios(rank: int, tmp: Path) -> dict:
                                                         checkpoint_every=1, progress=False, **TOY))
     dist.barrier()
     out["plain_files"] = sorted(p.name for p in plain_dir.iterdir())
+
+    # circuits on it, resumable: rank 1 fails part-way; its checkpoint, forged with a valid checksum (the
+    # prefix hash of other images), is not trusted: the re-run warns and recomputes that rank's part
+    forge_dir = tmp / "forge"
+    try:
+        # rank 1 fails at its first read after its first checkpoint (small chunks: it has several)
+        failing = FailAfterCheckpoint(plain, forge_dir / f"circuits-partial-rank1of{WORLD}-*") if rank == 1 else plain
+        pt.circuit_attributions(model, Plain(failing), toyworld.LAYER, toyworld.LOWER_LAYER, out["plain_refs"][0],
+                                cache_dir=forge_dir, checkpoint_every=1, progress=False, batch_size=40, image_chunk=25)
+        out["forge_fail"] = "no error"
+    except Exception as err:
+        out["forge_fail"] = f"{type(err).__name__}: {err}"
+    dist.barrier()
+    partial = sorted(forge_dir.glob(f"circuits-partial-rank{rank}of{WORLD}-*.safetensors"))
+    out["forged"] = rank == 1 and len(partial) == 1
+    out["forge_files"] = sorted(p.name for p in forge_dir.iterdir())
+    if out["forged"]:
+        with safe_open(partial[0], "pt") as f:
+            meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+        # other images' hash and other rows: trusted, the rows would end up in the result
+        tensors["hash"], tensors["out"] = torch.flip(tensors["hash"], [0]), tensors["out"] + 1
+        meta["checksum"] = pt.cache._checksum(tensors)  # consistent in itself: only the prefix hash can tell
+        save_file(tensors, str(partial[0]), metadata=meta)
+    dist.barrier()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out["forged_circuits"] = pt.circuit_attributions(
+            model, Plain(plain), toyworld.LAYER, toyworld.LOWER_LAYER, out["plain_refs"][0], cache_dir=forge_dir,
+            checkpoint_every=1, progress=False, batch_size=40, image_chunk=25)
+    out["forged_warnings"] = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     with distributed.local():
         out["local_active"] = distributed.active()
     out["active"] = distributed.active()
@@ -277,6 +327,15 @@ def test_a_resumed_run_of_a_data_set_hashed_image_by_image(ranks, single):
     for got in ranks:
         assert equal(got["plain_resumed"], single["plain_refs"])
         assert len(got["plain_files"]) == 1  # the final result only
+
+
+@pytest.mark.distributed
+def test_a_forged_circuits_checkpoint_of_a_rank_is_not_trusted(ranks, single):
+    assert ranks[1]["forged"], (ranks[1]["forge_files"], ranks[1]["forge_fail"])  # rank 1 had a checkpoint to forge
+    for got in ranks:
+        assert equal(got["forged_circuits"], single["plain_circuits"])
+    assert any("does not match the reference images" in m for m in ranks[1]["forged_warnings"])
+    assert not any("does not match" in m for m in ranks[0]["forged_warnings"])
 
 
 @pytest.mark.distributed

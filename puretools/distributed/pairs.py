@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -192,14 +194,39 @@ def _compute_units(plan, dataset, mine, my_pairs, method, precision, num_workers
     pairs, device = plan.pairs, plan.device
     local_channel = pairs.channel[my_pairs]
     out, done = None, torch.zeros(len(my_pairs), dtype=torch.bool)
+    sizes = [int(pairs.counts[p].sum()) for _, p in mine]
+    offsets = [sum(sizes[:u]) for u in range(len(mine))]
+    digests: dict[int, bytes] = {}  # of each finished unit's images, read once
+    # as for references: a data set whose fingerprint covers its images (tensors, its own
+    # ``fingerprint``) is in the cache key already; others are hashed image by image
+    by_image = checkpoint is not None and not cache.DatasetHasher(dataset).complete
+
+    def done_digest(done: torch.Tensor) -> torch.Tensor:
+        """sha256 over the images of the finished units, in unit order (the checkpoint's prefix hash)."""
+        prefix = hashlib.sha256()
+        for u, (_, positions) in enumerate(mine):
+            if by_image and bool(done[offsets[u] : offsets[u] + sizes[u]].all()):
+                if u not in digests:
+                    images = pairs.unique_images[positions]
+                    digests[u] = cache.items_prefix(hashlib.sha256(), dataset, images).digest()
+                prefix.update(digests[u])
+        return torch.frombuffer(bytearray(prefix.digest()), dtype=torch.uint8)
+
     if checkpoint is not None:
         cache_dir, kind, key, every = checkpoint
         n = len(my_pairs)
-        state = cache.load_cached(cache_dir, kind, key, expect={"out": (n, None), "done": (n,), "pairs": (n,)})
-        if state is not None and torch.equal(state["pairs"], my_pairs):  # this rank was interrupted: resume
-            out, done = state["out"], state["done"]
-    sizes = [int(pairs.counts[p].sum()) for _, p in mine]
-    offsets = [sum(sizes[:u]) for u in range(len(mine))]
+        state = cache.load_cached(cache_dir, kind, key,
+                                  expect={"out": (n, None), "done": (n,), "pairs": (n,), "hash": (32,)})  # fmt: skip
+        if state is not None and torch.equal(state["pairs"], my_pairs):  # this rank was interrupted: resume,
+            if torch.equal(done_digest(state["done"]), state["hash"]):  # if its images are still the same
+                out, done = state["out"], state["done"]
+            else:
+                digests.clear()
+                warnings.warn(
+                    f"The circuits checkpoint {kind!r} in the cache does not match the reference images "
+                    "it saw (changed images, or a forged file); this rank starts over.",
+                    RuntimeWarning, stacklevel=2,
+                )  # fmt: skip
     bar = tqdm(total=len(my_pairs), initial=int(done.sum()), desc=f"circuits {lower_layer}<-{layer}",
                disable=not progress, unit="pair")
     composite = lrp_composite(plan.model) if method == "lrp" else None
@@ -231,7 +258,8 @@ def _compute_units(plan, dataset, mine, my_pairs, method, precision, num_workers
             processed += 1
             if checkpoint is not None and (processed % every == 0 or done.all()):
                 # also when this rank is through: if another rank fails, a re-run skips this part
-                cache.save_cached(cache_dir, kind, key, {"out": out, "done": done, "pairs": my_pairs})
+                cache.save_cached(cache_dir, kind, key,
+                                  {"out": out, "done": done, "pairs": my_pairs, "hash": done_digest(done)})
     bar.close()
     return out
 
