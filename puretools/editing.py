@@ -63,22 +63,34 @@ class VirtualEdit:
         self._lower: torch.Tensor | None = None
         self._private: nn.Module | None = None
         self._sub: nn.Module | None = None
-        self._versions: tuple[int, ...] = ()
+        self._versions: dict[str, tuple[torch.Tensor, int]] = {}
         self._refresh()
         self._handles: list = []
         try:
             self._handles.append(model.register_forward_pre_hook(self._keep_input))
-            self._handles.append(get_module(model, lower_layer).register_forward_hook(self._keep_lower))
+            self._modules = (get_module(model, layer), get_module(model, lower_layer))
+            self._handles.append(self._modules[1].register_forward_hook(self._keep_lower))
             # prepend: an edit of ``layer`` applies before another edit's hook keeps it as its lower layer
-            self._handles.append(get_module(model, layer).register_forward_hook(self._edit, prepend=True))
+            self._handles.append(self._modules[0].register_forward_hook(self._edit, prepend=True))
         except BaseException:
             self.remove()
             raise
 
-    def _weights_version(self) -> tuple[int, ...]:
-        # in-place updates (an optimiser step) bump these; an LRP composite's canonizers, which
-        # swap ``.data`` and add biases for the length of a call, do not: no copy is made then
-        return tuple(p._version for p in self._params)
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {**{f"p:{n}": p for n, p in self.model.named_parameters()},
+                **{f"b:{n}": b for n, b in self.model.named_buffers()}}  # fmt: skip
+
+    def _weights_changed(self) -> bool:
+        """Whether a weight (parameter or buffer) of the model changed since the private copy was made.
+
+        In-place updates (an optimiser step, ``load_state_dict``) bump a tensor's version; a tensor
+        replaced wholesale (``conv.weight = nn.Parameter(...)``, a replaced submodule) is another
+        object under the same name. An LRP composite's canonizers, which swap ``.data`` and add
+        zero biases where a layer had none for the length of a call, do neither (new names are
+        not compared): no copy is made then.
+        """
+        now = self._tensors()
+        return any(now.get(name) is not t or t._version != v for name, (t, v) in self._versions.items())
 
     def _refresh(self) -> None:
         """(Re)build the private copy of the model that the routing circuits are computed on.
@@ -92,10 +104,17 @@ class VirtualEdit:
         with torch.inference_mode(False):  # the copy's weights must be usable by autograd
             self._private = private_copy(self.model)
             self._sub = subnetwork(self._private, self.layer, self.lower_layer)
-        self._params = list(self.model.parameters())
-        self._versions = self._weights_version()
+        self._versions = {name: (t, t._version) for name, t in self._tensors().items()}
 
     def _keep_input(self, _module, inputs) -> None:
+        if not self._busy:
+            for name, module in ((self.layer, self._modules[0]), (self.lower_layer, self._modules[1])):
+                if get_module(self.model, name) is not module:
+                    raise PuretoolsError(
+                        f"The module {name!r} was replaced inside the `with edit_virtual_neurons(...)` block: "
+                        "the edit's hooks are on the old module, so this forward pass would not be edited. "
+                        "Replace modules before the edit (or leave the block and edit again)."
+                    )
         if not self._busy and self._layouts is None and inputs and isinstance(inputs[0], torch.Tensor):
             self._input = inputs[0].detach()
 
@@ -125,7 +144,7 @@ class VirtualEdit:
 
     def circuits(self, lower: torch.Tensor, neuron: int) -> torch.Tensor:
         """Circuits [M, C_lower] of ``neuron`` from the lower-layer activations ``lower``."""
-        if self._weights_version() != self._versions:
+        if self._weights_changed():
             self._refresh()
         assert self._private is not None and self._sub is not None
         device = lower.device

@@ -143,3 +143,46 @@ def test_private_copy_has_no_hooks_and_the_same_outputs(toy):
         assert leftovers(copy_) == [] and len(leftovers(model)) == 3  # the edit's three hooks
     with torch.no_grad():
         assert torch.equal(copy_(images), model(images))
+
+
+def _replace_weights(model):
+    """Every conv weight of ``LAYER`` replaced by another tensor (not in place): its negation."""
+    for n, m in model.named_modules():
+        if n.startswith(LAYER) and isinstance(m, torch.nn.Conv2d):
+            m.weight = torch.nn.Parameter(-m.weight.detach())  # another object under the same name
+
+
+@pytest.mark.parametrize("method", ["gradient", "lrp"])
+def test_weights_replaced_wholesale_inside_the_edit_are_used(toy, method):
+    """Routing after ``conv.weight = nn.Parameter(...)`` inside the block equals a new edit of the changed model."""
+    model, _, _, _, vn, images = toy
+    model = copy.deepcopy(model)
+    edit = pt.edit_virtual_neurons(model, LAYER, LOWER, vn, {1: [0], 4: [1]}, method=method)
+    with edit:
+        with torch.no_grad():
+            model(images)
+        before = {n: r.clone() for n, r in edit.last_routes.items()}
+        _replace_weights(model)  # no in-place version bump
+        with torch.no_grad():
+            inside = model(images)
+        after = {n: r.clone() for n, r in edit.last_routes.items()}
+    again = pt.edit_virtual_neurons(model, LAYER, LOWER, vn, {1: [0], 4: [1]}, method=method)
+    with again as edited:
+        with torch.no_grad():
+            expected = edited(images)
+    assert torch.equal(inside, expected)
+    assert all(torch.equal(after[n], again.last_routes[n]) for n in (1, 4))
+    assert any(not torch.equal(before[n], after[n]) for n in (1, 4))  # the change mattered for the routes
+    assert leftovers(model) == []
+
+
+def test_replacing_an_edited_module_inside_the_edit_is_refused(toy):
+    model, _, _, _, vn, images = toy
+    model = copy.deepcopy(model)
+    with pt.edit_virtual_neurons(model, LAYER, LOWER, vn, {1: [0]}):
+        parent, name = LAYER.rpartition(".")[0], LAYER.rpartition(".")[2]
+        holder = model.get_submodule(parent) if parent else model
+        setattr(holder, name, private_copy(getattr(holder, name)))  # a new module, without the hooks
+        with pytest.raises(pt.PuretoolsError, match=f"module '{LAYER}' was replaced inside"):
+            model(images)
+    assert leftovers(model) == []
