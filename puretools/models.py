@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import warnings
@@ -450,6 +451,25 @@ def canonizer_report(model: nn.Module, canonizers: list[Canonizer] | None = None
     return CanonizerReport(residual_blocks=len(blocks), canonized_blocks=done)
 
 
+#: The hook dictionaries of a torch module that run during a forward pass.
+_FORWARD_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
+                  "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _hooks_set_aside(model: nn.Module):
+    """Every module's forward hooks emptied for the block, then put back as they were."""
+    kept = [(m, name, getattr(m, name)) for m in model.modules() for name in _FORWARD_HOOKS
+            if getattr(m, name, None)]  # fmt: skip
+    try:
+        for m, name, hooks in kept:
+            setattr(m, name, type(hooks)())
+        yield
+    finally:
+        for m, name, hooks in kept:
+            setattr(m, name, hooks)
+
+
 def lrp_composite(model: nn.Module) -> EpsilonPlusFlat | CPLRPComposite:
     """The LRP composite for ``model``, or an error where LRP would not conserve relevance.
 
@@ -478,7 +498,8 @@ def lrp_composite(model: nn.Module) -> EpsilonPlusFlat | CPLRPComposite:
         composite = modern_cnn_composite()
     else:
         composite = EpsilonPlusFlat(canonizers=canonizers_for(model))
-    problems = lrp_coverage(model, composite)
+    with _hooks_set_aside(model):  # an edit's hooks (or the user's) must not run on torch.fx's proxies
+        problems = lrp_coverage(model, composite)
     if problems and problems[0].startswith("<untraceable"):  # cannot check: say so, do not block
         warnings.warn(
             f"Could not check that LRP conserves relevance in this {type(model).__name__}: torch.fx cannot "

@@ -6,6 +6,7 @@ fresh copy that no edit ever touched.
 """
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -185,4 +186,14 @@ def test_replacing_an_edited_module_inside_the_edit_is_refused(toy):
         setattr(holder, name, private_copy(getattr(holder, name)))  # a new module, without the hooks
         with pytest.raises(pt.PuretoolsError, match=f"module '{LAYER}' was replaced inside"):
             model(images)
+    assert leftovers(model) == []
+
+
+def test_lrp_inside_an_edit_still_checks_conservation(toy):
+    """The coverage check traces the model without the edit's hooks (they would see torch.fx proxies)."""
+    model, _, _, _, vn, images = toy
+    with pt.edit_virtual_neurons(model, LAYER, LOWER, vn, {1: [0]}, method="lrp"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # "Could not check that LRP conserves relevance ..." would raise
+            pt.virtual_activations(model, images, LAYER, LOWER, vn, method="lrp")
     assert leftovers(model) == []
