@@ -171,8 +171,8 @@ def run(args: argparse.Namespace) -> dict:
     print(f"per-neuron loop: batches of {args.ref_batch_size} references, whole-model forward, autograd.grad to "
           f"{lower!r}; puretools batch_size={args.batch_size or 'default'} image_chunk={args.image_chunk or 'default'}")
     print()
-    print(f"{RATIO_LABEL} (whole block, wall clock, loop extrapolated): {ratio:.2f}x")
-    print(f"{RATIO_LABEL} (whole block, process CPU time, loop extrapolated): {cpu_ratio:.2f}x")
+    print(f"{RATIO_LABEL} (reference = the per-neuron loop; whole block, wall clock, loop extrapolated): {ratio:.2f}x")
+    print(f"{RATIO_LABEL} (reference = the per-neuron loop; whole block, process CPU time, loop extrapolated): {cpu_ratio:.2f}x")
     print(f"{DIFF_LABEL} ({len(sample)} sampled neurons x {n_ref} references, both float32): {diff:.3e}")
     result = {
         "model": MODEL, "size": args.size, "tokens": n_tokens, "n_images": args.n_images, "layer": layer,
