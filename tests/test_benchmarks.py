@@ -77,3 +77,12 @@ def test_bench_pipeline_quick():
     out = run_script("bench_pipeline.py")
     assert re.search(r"^PIPELINE " + NUMBER + " s", out, flags=re.MULTILINE), out
     assert all(d <= 1e-4 for d in max_abs_diffs(out))
+
+
+def test_bench_vit_circuits_quick():
+    out = run_script("bench_vit_circuits.py")
+    assert "per-neuron loop (autograd)" in out and "puretools.circuit_attributions" in out
+    assert "kind='tokens'" in out and "extrapolated" in out
+    assert all(r > 0 for r in ratios(out))
+    assert all(d <= 1e-4 for d in max_abs_diffs(out))
+    assert "machine:" in out and "peak memory" in out
