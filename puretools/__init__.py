@@ -2,13 +2,19 @@
 
 # distributed registers the several-process steps (puretools.ranks) and toyworld the toy model and
 # data set (models.register_model, data.register_dataset): importing puretools makes both available.
+import warnings as _warnings
+
 from . import distributed, toyworld
 from ._version import __version__
 from .baselines import PROTOCOL_METHODS, format_protocol_table
 from .circuits import circuit_attributions, memory_plan, subnetwork
 from .config import cache_dir, smoke
 from .data import denormalize, image_folder, make_image_folder
-from .disentangle import CASES, METHODS, aggregate, compare_on_toy, format_table
+from .disentangle import CASES as COMPARISON_CASES
+from .disentangle import METHODS as COMPARISON_METHODS
+from .disentangle import aggregate as aggregate_comparisons
+from .disentangle import compare_on_toy
+from .disentangle import format_table as format_comparison_table
 from .editing import edit_virtual_neurons
 from .embed import ClipEmbedder, ConceptEmbedder, DinoEmbedder, Embedder, embed_dataset
 from .errors import CacheError, PuretoolsError, WeightsNotFoundError
@@ -67,7 +73,8 @@ from .virtual import VirtualNeurons, activation_features
 
 # sorted (tests/test_public_api.py)
 __all__ = [
-    "CASES",
+    "COMPARISON_CASES",
+    "COMPARISON_METHODS",
     "CROP_THRESHOLD",
     "CacheError",
     "ClipEmbedder",
@@ -77,7 +84,6 @@ __all__ = [
     "Embedder",
     "Layout",
     "MASK_ALPHA",
-    "METHODS",
     "MeanSem",
     "PAPER_CORRELATIONS",
     "PAPER_DISTANCES",
@@ -90,7 +96,7 @@ __all__ = [
     "WeightsNotFoundError",
     "__version__",
     "activation_features",
-    "aggregate",
+    "aggregate_comparisons",
     "cache_dir",
     "canonizer_report",
     "canonizers_for",
@@ -111,8 +117,8 @@ __all__ = [
     "embed_dataset",
     "evaluate_clusterings",
     "evaluate_toy_world",
+    "format_comparison_table",
     "format_protocol_table",
-    "format_table",
     "get_module",
     "image_folder",
     "layer_layout",
@@ -151,3 +157,17 @@ __all__ = [
     "virtual_heatmaps",
     "virtual_neuron_grids",
 ]
+
+
+#: Old names, kept for one release (they said too little at the top level of the package).
+_RENAMED = {"CASES": "COMPARISON_CASES", "METHODS": "COMPARISON_METHODS", "aggregate": "aggregate_comparisons",
+            "format_table": "format_comparison_table"}
+
+
+def __getattr__(name: str):
+    if name in _RENAMED:
+        new = _RENAMED[name]
+        _warnings.warn(f"puretools.{name} is now puretools.{new} (the old name goes in the next release).",
+                      DeprecationWarning, stacklevel=2)
+        return globals()[new]
+    raise AttributeError(f"module 'puretools' has no attribute {name!r}")

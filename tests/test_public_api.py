@@ -10,6 +10,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 import puretools as pt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,3 +48,14 @@ def test_notebooks_use_only_the_public_api():
     assert notebooks
     leaks = [f"{nb.name}: puretools.{module}" for nb in notebooks for module in sorted(_private_uses(_code(nb)))]
     assert not leaks, "export these names from puretools (or use a documented subpackage):\n" + "\n".join(leaks)
+
+
+@pytest.mark.parametrize("old, new", [("CASES", "COMPARISON_CASES"), ("METHODS", "COMPARISON_METHODS"),
+                                      ("aggregate", "aggregate_comparisons"),
+                                      ("format_table", "format_comparison_table")])  # fmt: skip
+def test_vague_top_level_names_still_work_for_one_release(old, new):
+    assert old not in pt.__all__ and new in pt.__all__
+    with pytest.warns(DeprecationWarning, match=f"puretools.{old} is now puretools.{new}"):
+        assert getattr(pt, old) is getattr(pt, new)
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        pt.nothing_here  # noqa: B018
