@@ -259,12 +259,10 @@ def run(args: argparse.Namespace) -> dict | None:
         "reference_others_busy": m_ref.others, "ours_others_busy": m_ours.others,
         "ratio_wall": ratio, "ratio_cpu": cpu_ratio, "max_abs_diff": diff, "max_abs_diff_q999": diff_q, **acc,
         "batch_size": args.batch_size, "image_chunk": args.image_chunk, "references_s": m_refs.wall,
-        "machine": info, "load_avg_1min_end": common.load_avg(),
+        "machine": info,
         "argv": sys.argv[1:],
     }
-    print(f"load average (1 min) at end: {result['load_avg_1min_end']}")
-    common.write_json(args.json, result)
-    return result
+    return common.finish(result, args.json)
 
 
 def main(argv=None) -> int:

@@ -183,11 +183,9 @@ def run(args: argparse.Namespace) -> dict:
         "ours_peak_bytes": m_ours.peak_bytes, "loop_others_busy": m_loop.others, "ours_others_busy": m_ours.others,
         "ratio_wall": ratio, "ratio_cpu": cpu_ratio, "max_abs_diff": diff, "ref_batch_size": args.ref_batch_size,
         "batch_size": args.batch_size, "image_chunk": args.image_chunk, "machine": info,
-        "load_avg_1min_end": common.load_avg(), "argv": sys.argv[1:],
+        "argv": sys.argv[1:],
     }
-    print(f"load average (1 min) at end: {result['load_avg_1min_end']}")
-    common.write_json(args.json, result)
-    return result
+    return common.finish(result, args.json)
 
 
 def main(argv=None) -> int:

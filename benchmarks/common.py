@@ -343,3 +343,11 @@ def write_json(path: str | os.PathLike | None, result: dict, indent: int = 2, de
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(result, indent=indent, default=default) + ("\n" if newline else ""))
+
+
+def finish(result: dict, path: str | os.PathLike | None) -> dict:
+    """Add the 1-minute load average at the end to ``result``, print it and write the JSON file."""
+    result["load_avg_1min_end"] = load_avg()
+    print(f"load average (1 min) at end: {result['load_avg_1min_end']}")
+    write_json(path, result)
+    return result
