@@ -479,8 +479,7 @@ def prepare_circuits(
     )
     lower_channels = layouts[2].channels(lower_out)
     if max_memory is not None:
-        example = collate_images([dataset[0]])[0]
-        plan = memory_plan(model, example, layer, lower_layer, max_memory, precision, device)
+        plan = memory_plan(model, example[0], layer, lower_layer, max_memory, precision, device)
         batch_size = min(batch_size or plan["batch_size"], plan["batch_size"])
         image_chunk = min(image_chunk or plan["image_chunk"], plan["image_chunk"])
     batch_size, image_chunk = batch_size or 256, image_chunk or 512
