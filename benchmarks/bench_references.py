@@ -223,7 +223,7 @@ def verify(model, dataset: Dataset, layer: str, refs, device: torch.device, batc
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_images)
     with torch.inference_mode():
         for images in loader:
-            out = layer_output(model, layer, images.to(device))
+            out = layer_output(model, images.to(device), layer)
             maxes.append(out.flatten(2).amax(-1)[:, chans.to(device)].float().cpu())
     maxes = torch.cat(maxes).T  # [channels, N]
     top = maxes.topk(refs.n_ref, dim=1).values

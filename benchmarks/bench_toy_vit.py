@@ -105,7 +105,7 @@ def token_mean_activations(model, data, indices: torch.Tensor) -> torch.Tensor:
     """
     flat = indices.flatten()
     layer = f"blocks.{len(model.blocks) - 1}.mlp.act"  # VIT_LAYER
-    acts = torch.cat([pt.layer_output(model, layer, _images(data, flat[s : s + 500])).mean(1)
+    acts = torch.cat([pt.layer_output(model, _images(data, flat[s : s + 500]), layer).mean(1)
                       for s in range(0, len(flat), 500)])  # fmt: skip
     return acts.reshape(*indices.shape, -1)
 
@@ -133,7 +133,7 @@ def run(args) -> dict:
     # where the max sits: the CLS token or a patch token
     with torch.no_grad():
         images = _images(data, refs.indices.flatten())
-        acts = torch.cat([pt.layer_output(model, layer, images[s : s + 500])
+        acts = torch.cat([pt.layer_output(model, images[s : s + 500], layer)
                           for s in range(0, len(images), 500)])  # [8 * n_ref, 17, 8]  # fmt: skip
     neuron_of = torch.arange(refs.indices.shape[0]).repeat_interleave(refs.indices.shape[1])
     argmax_token = acts[torch.arange(len(acts)), :, neuron_of].argmax(-1)

@@ -93,8 +93,24 @@ def capture_output(module: nn.Module, stop: bool) -> tuple[dict[str, torch.Tenso
     return store, module.register_forward_hook(hook)
 
 
-def layer_output(model: nn.Module, layer: str, images: torch.Tensor) -> torch.Tensor:
-    """Output of module ``layer`` for ``images``; the forward pass stops right after it."""
+def layer_output(model: nn.Module, images: torch.Tensor, layer: str) -> torch.Tensor:
+    """Output of module ``layer`` for the batch ``images``; the forward pass stops right after it.
+
+    The arguments come in the package's order (model, data, layer). The old order
+    ``layer_output(model, layer, images)`` still works for one release, with a DeprecationWarning.
+
+    Examples
+    --------
+    >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten())
+    >>> layer_output(model, torch.zeros(2, 3, 5, 5), "1").shape
+    torch.Size([2, 4, 3, 3])
+    """
+    if isinstance(images, str) and not isinstance(layer, str):
+        warnings.warn(
+            f"layer_output(model, {images!r}, images) is the old order; write layer_output(model, images, "
+            f"{images!r}) (model, data, layer, as everywhere in puretools).", DeprecationWarning, stacklevel=2,
+        )  # fmt: skip
+        images, layer = layer, images
     store, handle = capture_output(get_module(model, layer), stop=True)
     try:
         model(images)
@@ -110,7 +126,7 @@ def layer_output(model: nn.Module, layer: str, images: torch.Tensor) -> torch.Te
 def forward_to(model: nn.Module, layer: str, images: torch.Tensor) -> torch.Tensor:
     """:func:`layer_output`, turning shape errors of the model into a clear message."""
     try:
-        return layer_output(model, layer, images)
+        return layer_output(model, images, layer)
     except RuntimeError as err:
         if any(w in str(err) for w in ("size", "shape", "Kernel", "mat1")):
             raise PuretoolsError(

@@ -235,7 +235,7 @@ def _probe(model: nn.Module, layer: str, units: nn.Module) -> tuple[int, int]:
     was_training = model.training
     model.eval()
     try:
-        h = layer_output(model, layer, torch.zeros(1, first.in_channels, size, size, device=device))
+        h = layer_output(model, torch.zeros(1, first.in_channels, size, size, device=device), layer)
     finally:
         model.train(was_training)
     if h.ndim != 4:
@@ -302,7 +302,7 @@ def planted_sources(
     units = []
     for s in range(0, len(unique), batch_size):
         images = collate_images([dataset[int(i)] for i in unique[s : s + batch_size]]).to(device)
-        h = layer_output(model, planted.inner, images)
+        h = layer_output(model, images, planted.inner)
         units.append(plant.unit_maps(h).flatten(2).cpu())  # [b, n_units, HW]
     maps = torch.cat(units)[inverse]  # [P, n_ref, n_units, HW]
     n_p, n_ref, _, hw = maps.shape

@@ -102,7 +102,7 @@ def _positions(model, dataset, layer, n_images, batch_size, device) -> torch.Ten
         for s in range(0, n_images, batch_size):
             images = collate_images([dataset[i] for i in range(s, min(s + batch_size, n_images))])
             images = check_images(images, model, s)  # NaN/Inf pixels, uint8: named, with the fix
-            out = layer_output(model, layer, images.to(device)).float()
+            out = layer_output(model, images.to(device), layer).float()
             if out.ndim != 4:
                 raise PuretoolsError(f"Layer {layer!r} gives outputs of shape {tuple(out.shape)}; expected [B, C, H, W].")
             check_activations(out, layer, s)

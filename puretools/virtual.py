@@ -378,7 +378,7 @@ def activation_features(
                 images = check_images(collate_images([dataset[int(i)] for i in batch]), model, batch)
                 if s == 0:
                     check_called_once(model, layer, images[:1].to(device))
-                out = layer_output(model, layer, images.to(device)).float()
+                out = layer_output(model, images.to(device), layer).float()
                 if not isinstance(layout, Layout):
                     layout = layer_layout(model, layer, images[:2].to(device), layout)
                 check_activations(layout.to_channels(out), layer, batch)

@@ -487,7 +487,7 @@ CASES = [
     ("layer_layout-model", lambda c: pt.layer_layout("toy", LAYER, c.images), E, "nn.Module"),
     ("layer_layout-empty", lambda c: pt.layer_layout(c.model, LAYER, c.images[:0]), E, "non-empty batch"),
     ("layer_layout-unknown", lambda c: pt.layer_layout(c.model, "layer9", c.images), E, "layer9"),
-    ("layer_output-unknown", lambda c: pt.layer_output(c.model, "layer9", c.images), E, "layer9"),
+    ("layer_output-unknown", lambda c: pt.layer_output(c.model, c.images, "layer9"), E, "layer9"),
     ("load_benchmark_results-unknown", lambda c: pt.load_benchmark_results("nope"), E, "'nope'"),
     ("prefix_tokens-model", lambda c: pt.prefix_tokens("toy"), E, "nn.Module"),
     ("token_grid-model", lambda c: pt.token_grid("toy", (32, 32)), E, "nn.Module"),

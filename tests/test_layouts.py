@@ -110,7 +110,7 @@ def test_vit_token_layers_are_tokens_with_the_family_prefix_and_grid(make, layer
     for layer in layers:
         lay = layer_layout(model, layer, x)
         assert lay == Layout("tokens", prefix_tokens=prefix, grid=grid), layer
-        out = layer_output(model, layer, x)
+        out = layer_output(model, x, layer)
         assert lay.channels(out) == out.shape[-1]
         tokens = out.shape[1]
         heat = lay.spatial(lay.to_channels(out)[:, 0])
@@ -143,7 +143,7 @@ def test_sequence_first_tokens():
     x = torch.randn(3, 3, 16, 16)
     lay = layer_layout(model, "act", x)
     assert lay.kind == "sequence_first"
-    out = layer_output(model, "act", x)  # [16 tokens, 3 images, 16 features]
+    out = layer_output(model, x, "act")  # [16 tokens, 3 images, 16 features]
     assert torch.equal(lay.reduce(out), out.amax(0))
     assert layer_layout(model, "patch", x).kind == "channels_first"
 
@@ -164,7 +164,7 @@ def test_cut_through_timm_blocks_ignores_optional_arguments():
     x = torch.randn(2, 3, 32, 32)
     for layer, lower in [("blocks.2", "blocks.1"), ("blocks.2.mlp.act", "blocks.1"), ("blocks.2.mlp.act", "blocks.2.norm2")]:
         sub = subnetwork(model, layer, lower)
-        assert torch.equal(sub(layer_output(model, lower, x)), layer_output(model, layer, x))
+        assert torch.equal(sub(layer_output(model, x, lower)), layer_output(model, x, layer))
 
 
 def test_cut_still_refuses_the_real_skip_across_the_residual():
@@ -181,7 +181,7 @@ def test_cut_below_a_lower_layer_inside_the_previous_block_reads_it_on_the_way()
     with pytest.raises(PuretoolsError, match="cut='blocks.0'"):  # the skip error names the cut that works
         subnetwork(model, "blocks.2.mlp.act", "blocks.1.mlp.act")
     sub = subnetwork(model, "blocks.2.mlp.act", "blocks.1.mlp.act", cut="blocks.0")
-    y, low = sub(layer_output(model, "blocks.0", x).requires_grad_(True))
+    y, low = sub(layer_output(model, x, "blocks.0").requires_grad_(True))
     grad = torch.autograd.grad(y[:, :, 3].clamp(min=0).sum(), low)[0]
     store = {}  # full-model autograd, the reference
     hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: store.__setitem__(n, o))

@@ -25,8 +25,8 @@ def test_planting_leaves_the_model_and_its_channels_unchanged(setup):
     x = data.images[:16]
     with torch.no_grad():
         assert torch.allclose(planted.model(x), model(x), atol=1e-6)
-        own = pt.layer_output(model, tw.LAYER, x)
-        out = pt.layer_output(planted.model, planted.layer, x)
+        own = pt.layer_output(model, x, tw.LAYER)
+        out = pt.layer_output(planted.model, x, planted.layer)
     assert out.shape[1] == own.shape[1] + len(PAIRS) and planted.channels == [8, 9, 10]
     assert torch.allclose(out[:, : own.shape[1]], own, atol=1e-6)
     assert not any(n.startswith(f"{tw.LAYER}.planted") for n, _ in model.named_modules())  # model untouched
@@ -36,8 +36,8 @@ def test_planted_channel_is_the_sum_of_rectified_class_activation_maps(setup):
     model, data, planted, _ = setup
     x = data.images[:8]
     with torch.no_grad():
-        h = pt.layer_output(model, tw.LAYER, x)  # [B, 8, H, W]
-        out = pt.layer_output(planted.model, planted.layer, x)
+        h = pt.layer_output(model, x, tw.LAYER)  # [B, 8, H, W]
+        out = pt.layer_output(planted.model, x, planted.layer)
     for p, (a, b) in enumerate(PAIRS):
         cam = lambda c: torch.einsum("bchw,c->bhw", h, model.fc.weight[c]) + model.fc.bias[c]  # noqa: E731
         expected = torch.relu(cam(a)) + torch.relu(cam(b))
@@ -54,7 +54,7 @@ def test_true_sources_by_hand(setup):
         for r in range(0, idx.shape[1], 5):
             x = data[int(idx[p, r])][0][None]
             with torch.no_grad():
-                h = pt.layer_output(model, tw.LAYER, x)[0]
+                h = pt.layer_output(model, x, tw.LAYER)[0]
             ua = torch.relu(torch.einsum("chw,c->hw", h, model.fc.weight[a]) + model.fc.bias[a]).flatten()
             ub = torch.relu(torch.einsum("chw,c->hw", h, model.fc.weight[b]) + model.fc.bias[b]).flatten()
             where = (ua + ub).argmax()
@@ -76,7 +76,7 @@ def test_circuits_of_a_planted_neuron_match_brute_force_autograd(setup, p):
     for r in range(0, refs.n_ref, 4):
         x = data[int(refs.indices[channel, r])][0][None]
         with torch.no_grad():
-            low = pt.layer_output(model, tw.LOWER_LAYER, x)
+            low = pt.layer_output(model, x, tw.LOWER_LAYER)
         low.requires_grad_(True)
         a = plant(inner(low))[:, channel]  # [1, H, W], independent of torch.fx
         (grad,) = torch.autograd.grad(a, low, grad_outputs=a.detach().clamp(min=0))

@@ -13,7 +13,7 @@ from puretools.forward import layer_output
 def brute_force(model, dataset, layer, n_ref):
     x = torch.stack([dataset[i][0] for i in range(len(dataset))])
     with torch.no_grad():
-        a = layer_output(model, layer, x).flatten(2).amax(-1).T  # [C, N]
+        a = layer_output(model, x, layer).flatten(2).amax(-1).T  # [C, N]
     values, indices = torch.sort(a, dim=1, descending=True, stable=True)
     return indices[:, :n_ref], values[:, :n_ref]
 
@@ -257,3 +257,12 @@ def test_names_moved_out_of_references_still_import_with_a_warning(old, module, 
     assert found is getattr(importlib.import_module(module), new)
     with pytest.raises(AttributeError):
         old_home.no_such_name  # noqa: B018
+
+
+def test_layer_output_takes_model_data_layer_and_the_old_order_warns():
+    model = pt.load_model("toy")
+    x = pt.toyworld.ToyWorld("test", n=3).images
+    new = pt.layer_output(model, x, "layer3")
+    with pytest.warns(DeprecationWarning, match=r"layer_output\(model, images, 'layer3'\)"):
+        old = pt.layer_output(model, "layer3", x)
+    assert torch.equal(new, old) and new.shape[:2] == (3, 64)

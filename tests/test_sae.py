@@ -58,6 +58,6 @@ def test_activations_at_max_read_the_max_location(setup):
     assert torch.allclose(h[1, :, 4], refs.values[4], atol=1e-5)
     # and the whole vector, by hand, for one reference
     with torch.no_grad():
-        out = pt.layer_output(model, tw.LAYER, data[int(refs.indices[4, 3])][0][None])[0]
+        out = pt.layer_output(model, data[int(refs.indices[4, 3])][0][None], tw.LAYER)[0]
     where = out[4].flatten().argmax()
     assert torch.allclose(h[1, 3], out.flatten(1)[:, where], atol=1e-6)

@@ -335,7 +335,7 @@ def spatial_max(model, layer, images):
     from puretools.forward import layer_output
 
     with torch.no_grad():
-        return layer_output(model, layer, images).flatten(2).amax(-1)
+        return layer_output(model, images, layer).flatten(2).amax(-1)
 
 
 def test_causal_concepts_agree_with_re_rendering_by_hand(toy_model, shipped_references):

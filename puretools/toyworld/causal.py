@@ -158,7 +158,7 @@ def causal_effects(
         images = images.to(device)
         if s == 0:
             layout = layer_layout(model, layer, images[:2], layout)
-        out = layer_output(model, layer, images).float()
+        out = layer_output(model, images, layer).float()
         maxima.append(layout.reduce(out, token_reduce if layout.is_tokens else "max").cpu())
     maxima = torch.cat(maxima)  # [rows, C]
     full = maxima[: len(unique)]  # [U, C]
