@@ -35,8 +35,8 @@ def test_toy_vit_shapes_and_layers():
     x = tw.ToyWorld("test", n=3).images
     assert model(x).shape == (3, len(tw.CONCEPTS))
     # the layer of interest: [B, 1 CLS + 4 x 4 patches, 8 neurons]; fewer neurons than concepts
-    assert layer_output(model, tw.VIT_LAYER, x).shape == (3, 17, 8) and 8 < len(tw.CONCEPTS)
-    assert layer_output(model, tw.VIT_LOWER_LAYER, x).shape == (3, 17, tw.DEFAULT_VIT["dim"])
+    assert layer_output(model, x, tw.VIT_LAYER).shape == (3, 17, 8) and 8 < len(tw.CONCEPTS)
+    assert layer_output(model, x, tw.VIT_LOWER_LAYER).shape == (3, 17, tw.DEFAULT_VIT["dim"])
     assert isinstance(pt.models.get_module(model, tw.VIT_LAYER), torch.nn.GELU)
     # the head reads the mean of the patch tokens only (not CLS), so every patch token counts
     feats = model.forward_features(x)
