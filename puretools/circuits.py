@@ -238,9 +238,11 @@ def circuit_attributions(
     For neuron k of ``layer`` and a reference image x, the backward pass starts at ``layer``
     with the incoming gradient ``relu(a_k)`` on channel k only (zero elsewhere) and goes down
     to ``lower_layer``. ``method="gradient"``: relevance there is gradient x activation (the
-    PURE reference code). ``method="lrp"``: relevance is propagated with zennit's
-    ``EpsilonPlusFlat`` composite and the model's canonizers (CRP). The relevance is summed
-    over space and divided by its L1 norm over channels.
+    PURE reference code). ``method="lrp"``: relevance is propagated with the composite of
+    :func:`puretools.lrp_composite` (CNNs: zennit's ``EpsilonPlusFlat`` and the model's
+    canonizers, as CRP; vision transformers: CP-LRP). A ``layer`` inside a residual block gets
+    the block's rules too (its residual add splits the relevance, as in the whole model). The
+    relevance is summed over space and divided by its L1 norm over channels.
 
     Transformer layers (tokens ``[B, T, C]``, see :func:`puretools.layouts.layer_layout`) work
     the same way with tokens as positions: a neuron is a feature, its starting relevance is
@@ -501,6 +503,9 @@ def prepare_circuits(
             precision=precision,
             # only when given, so that the keys of earlier results stay valid
             **{k: repr(v) for k, v in (("layout", layout), ("lower_layout", lower_layout), ("cut", cut)) if v is not None},
+            # LRP cutting into a residual block follows the block's canonized forward (before, its add was
+            # plain and the relevance arrived twice): a key of its own, so that no earlier result is reused
+            **({"lrp_cuts_into": sub.cuts_into} if method == "lrp" and sub.cuts_into else {}),
         )
         if lookup:
             found = cache.load_cached(cache_dir, "circuits", key, expect={"circuits": (len(neurons_t), n_ref, None)})

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 from zennit.canonizers import AttributeCanonizer, Canonizer, SequentialMergeBatchNorm
 from zennit.composites import EpsilonPlusFlat
 from zennit.rules import Pass
@@ -25,6 +25,10 @@ from .transformer_lrp import (
     lrp_scale,
     lrp_sum,
 )
+
+# Traced (puretools.subnet cutting into a canonized block, lrp_coverage): one node each, run as themselves.
+fx.wrap("lrp_sum")
+fx.wrap("lrp_scale")
 
 __all__ = ["ModernCNNCanonizer", "is_modern_cnn", "modern_cnn_blocks", "modern_cnn_composite"]
 

@@ -15,8 +15,9 @@ from .checks import check_images, resolve_device
 from .errors import PuretoolsError
 from .forward import forward_to
 from .models import get_module
+from .transformer_lrp import _MARK, _lrp_step
 
-__all__ = ["memory_plan", "subnetwork", "subnetwork_input", "tf32_matmuls"]
+__all__ = ["Subnetwork", "memory_plan", "subnetwork", "subnetwork_input", "tf32_matmuls"]
 
 Precision = Literal["float32", "tf32", "bfloat16"]
 
@@ -49,13 +50,19 @@ def _optional_arguments(model: nn.Module) -> dict[str, object]:
     }
 
 
-def subnetwork(model: nn.Module, layer: str, lower_layer: str, cut: str | None = None) -> fx.GraphModule:
+def subnetwork(model: nn.Module, layer: str, lower_layer: str, cut: str | None = None) -> Subnetwork:
     """The part of ``model`` that maps the output of ``lower_layer`` to the output of ``layer``.
 
     Built by tracing the model with torch.fx and keeping only the nodes between the two
     layers. The returned module shares its parameters (and hooks) with ``model``. Optional
     arguments of ``model.forward`` (timm's ``attn_mask=None``) are fixed at their defaults and
     never count as the model's input.
+
+    The modules holding ``layer`` or ``lower_layer`` (a residual block that ``layer`` lies
+    inside) run as traced code, not as modules. When a canonizer replaces one of their forwards
+    (an LRP composite's context: the block's residual add becomes an LRP sum), the part is
+    traced again on its next call, so that it always computes what the model computes at that
+    moment: under LRP, relevance splits at the residual add as it does in the whole model.
 
     With ``cut``: the part that maps the output of the layer ``cut`` to the output of ``layer``,
     returning ``(layer output, lower_layer output)``, for a ``lower_layer`` that lies between
@@ -94,7 +101,78 @@ def subnetwork(model: nn.Module, layer: str, lower_layer: str, cut: str | None =
         raise PuretoolsError(f"layer and lower_layer are both {layer!r}; lower_layer must be a layer below layer.")
     if cut in (layer, lower_layer):
         raise PuretoolsError(f"cut={cut!r} must be a layer below lower_layer={lower_layer!r}, not one of the two layers.")
+    part, layer, lower_layer = _trace_part(model, layer, lower_layer, cut)
+    return Subnetwork(model, part, layer, lower_layer, cut)
+
+
+class Subnetwork(nn.Module):
+    """The part of a model between two layers, from :func:`subnetwork`: lower-layer output in,
+    ``layer``'s output out (with a ``cut``: the cut's output in, both outputs out).
+
+    ``part`` is the torch.fx graph module. Before each call the forwards of the modules it
+    was traced through (the model and the containers of the layers) are compared with those
+    it was traced with; if a canonizer changed one since, the part is traced again.
+    """
+
+    def __init__(self, model: nn.Module, part: fx.GraphModule, layer: str, lower_layer: str, cut: str | None) -> None:
+        super().__init__()
+        self.part = part
+        self.layer, self.lower_layer, self.cut = layer, lower_layer, cut
+        object.__setattr__(self, "_model", model)  # not a submodule: its parameters are the part's
+        names = (layer, lower_layer) if cut is None else (layer, lower_layer, cut)
+        self._traced_through = [m for q, m in model.named_modules() if q == "" or any(t.startswith(q + ".") for t in names)]
+        self._forwards = _forwards(self._traced_through)
+        if cut is None:
+            # while it runs, edits of ``layer`` (puretools.editing) read the lower-layer input from here:
+            # ``lower_layer`` itself does not run in this pass (with a cut it does, and its hooks see it)
+            self.register_forward_pre_hook(lambda _m, args: _enter_pass(model, lower_layer, args[0]))
+            self.register_forward_hook(lambda *_: _leave_pass(), always_call=True)
+
+    @property
+    def cuts_into(self) -> list[str]:
+        """The modules with a forward of their own (residual blocks, not containers such as
+        ``nn.Sequential``) that the part cuts into: those whose canonized forward it follows."""
+        containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+        names = {id(m): n for n, m in self._model.named_modules()}
+        return [names[id(m)] for m in self._traced_through[1:] if not isinstance(m, containers)]
+
+    @property
+    def code(self) -> str:
+        """The Python code of the traced part."""
+        return self.part.code
+
+    def forward(self, lower: torch.Tensor):
+        forwards = _forwards(self._traced_through)
+        if len(forwards) != len(self._forwards) or any(a is not b for a, b in zip(forwards, self._forwards)):
+            self.part = _trace_part(self._model, self.layer, self.lower_layer, self.cut)[0]
+            self._forwards = forwards
+        return self.part(lower)
+
+
+def _forwards(modules: list[nn.Module]) -> list[object]:
+    """What decides the code traced through ``modules``: their callable instance attributes (a
+    canonizer's forward, timm's ``_pos_embed``) and their submodules (zennit's ``canonizer_sum``).
+    Kept alive in the list, so comparing by identity is safe."""
+    found: list[object] = []
+    for module in modules:
+        found.append(module)
+        found.extend(v for k, v in vars(module).items() if callable(v) and not isinstance(v, nn.Module))
+        found.extend(module._modules.values())
+    return found
+
+
+def _trace_part(model: nn.Module, layer: str, lower_layer: str, cut: str | None) -> tuple[fx.GraphModule, str, str]:
+    """The traced part of :func:`subnetwork` with the model's current forwards, and (layer, lower_layer)
+    in the house order."""
     names = (layer, lower_layer) if cut is None else (layer, lower_layer, cut)
+    for name, module in model.named_modules():
+        if vars(module).get(_MARK) == "leaf" and any(t.startswith(name + ".") for t in names):
+            inside = [t for t in names if t.startswith(name + ".")]
+            raise PuretoolsError(
+                f"{inside[0]!r} lies inside {name!r} ({type(module).__name__}), which LRP treats as one step "
+                f"(its canonizer computes it without calling {inside[0]!r}): pick a layer outside {name!r} "
+                "or use method='gradient'."
+            )
     optional = _optional_arguments(model)
     try:
         try:  # optional arguments (timm's attn_mask=None, is_causal=False) fixed at their defaults
@@ -127,7 +205,7 @@ def subnetwork(model: nn.Module, layer: str, lower_layer: str, cut: str | None =
             f"lower_layer), like every puretools function: call subnetwork(model, {lower_layer!r}, {layer!r}). "
             "The old order stops working in the next release.",
             DeprecationWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
         layer, lower_layer, top, low = lower_layer, layer, low, top
     bottom = low if cut is None else nodes[cut]
@@ -161,6 +239,14 @@ def subnetwork(model: nn.Module, layer: str, lower_layer: str, cut: str | None =
             f"The output of {layer!r} does not depend on {lower_layer!r}: lower_layer must be a "
             f"layer below layer (e.g. layer='layer4', lower_layer='layer3')."
         )
+    steps = [n for n in needed if n.op == "call_function" and n.target is _lrp_step]
+    if steps:  # only while a canonizer is applied: a step it wrote as one function of its input
+        stack = list((steps[0].meta.get("nn_module_stack") or {"": ("the model's forward", None)}).values())
+        raise PuretoolsError(
+            f"Between {lower_layer!r} and {layer!r} lies an LRP step that cannot be cut into ({stack[-1][0] or 'the model'}: "
+            "a position embedding, pooling or projection that LRP treats as one step): pick layers above or below it, "
+            "or use method='gradient'."
+        )
     sub = fx.Graph()
     # A copy of the input, so that an in-place op right after the input layer (torchvision's
     # ReLU(inplace=True)) modifies the copy, not the leaf tensor autograd differentiates by.
@@ -170,13 +256,7 @@ def subnetwork(model: nn.Module, layer: str, lower_layer: str, cut: str | None =
         if node in needed:
             env[node] = sub.node_copy(node, lambda n: env[n])
     sub.output(env[top] if cut is None else (env[top], env[low]))
-    module = fx.GraphModule(model, sub, class_name="Subnetwork")
-    if cut is None:
-        # while it runs, edits of ``layer`` (puretools.editing) read the lower-layer input from here:
-        # ``lower_layer`` itself does not run in this pass (with a cut it does, and its hooks see it)
-        module.register_forward_pre_hook(lambda _m, args: _enter_pass(model, lower_layer, args[0]))
-        module.register_forward_hook(lambda *_: _leave_pass(), always_call=True)
-    return module
+    return fx.GraphModule(model, sub, class_name="SubnetworkPart"), layer, lower_layer
 
 
 def _between(top: fx.Node, bottom: fx.Node, defaults: dict) -> tuple[set[fx.Node], bool, bool]:

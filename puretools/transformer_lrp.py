@@ -153,6 +153,9 @@ def lrp_scale(x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
 
 
 fx.wrap("_lrp_step")
+# Traced (puretools.subnet cutting into a canonized block, lrp_coverage): one node each, run as themselves.
+fx.wrap("lrp_sum")
+fx.wrap("lrp_scale")
 
 
 def _cp_layer_norm_fn(x: torch.Tensor, shape, weight, bias, eps: float, channels_first: bool = False) -> torch.Tensor:
@@ -519,7 +522,7 @@ _ROUTING = {
     "squeeze", "unsqueeze", "cat", "concat", "stack", "split", "chunk", "unbind", "size", "dim", "to", "type",
     "float", "double", "half", "bfloat16", "clone", "detach", "expand", "expand_as", "narrow", "select",
     "index_select", "roll", "movedim", "dropout", "identity", "pad", "pixel_shuffle", "pixel_unshuffle",
-    "_lrp_step", "numel", "shape", "repeat", "tile", "_assert", "__getitem__",
+    "_lrp_step", "lrp_sum", "lrp_scale", "numel", "shape", "repeat", "tile", "_assert", "__getitem__",
     "requires_grad_", "cpu", "cuda", "masked_fill", "zeros_like", "ones_like", "new_zeros", "new_ones",
     "stochastic_depth", "drop_path",
 }  # fmt: skip
