@@ -90,9 +90,11 @@ def run_protocol(args) -> dict:
                              "`python -m puretools toy train --seed S --out DIR` and pass DIR.")
         record_path = path.parent / "record.json"
         record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+        merged = [tuple(pair) for pair in record.get("merge", [])]  # variant V1: pairs trained as one label
         t = time.perf_counter()
         r = compare_protocol(toyworld.load_toy_model(path), val, test, train, n_seeds=n_seeds, sae_grid=grid,
-                             choose_seeds=choose_seeds, sae_epochs=5 if args.quick else 20)  # fmt: skip
+                             choose_seeds=choose_seeds, sae_epochs=5 if args.quick else 20,
+                             merged_pairs=merged)  # fmt: skip
         runs.append(r)
         st = r.settings
         print(f"\n{spec} (train seed {record.get('seed')}, {time.perf_counter() - t:.0f} s): test neurons "
@@ -106,7 +108,18 @@ def run_protocol(args) -> dict:
             print(f"  {m:15s} label-free ARI {np.nanmean(r.scores[m]['label-free'][..., 0]):.3f} "
                   f"(k chosen = ground truth on {float((k == np.array(r.true_k)[:, None]).mean()):.0%}), "
                   f"oracle {np.nanmean(r.scores[m]['oracle'][..., 0]):.3f}")
+        if merged:
+            print(f"  merged pairs {merged}; test neurons that mix one: {r.pair_neurons or 'none'}")
+            for m in PROTOCOL_METHODS:
+                if r.pair_neurons:
+                    print(f"  {m:15s} pair ARI (references of the pair only) label-free "
+                          f"{np.nanmean(r.pair_scores[m]['label-free']):.3f}, oracle "
+                          f"{np.nanmean(r.pair_scores[m]['oracle']):.3f}")
         models.append({"model": spec, "train_seed": record.get("seed"), "sha256": record.get("sha256"),
+                       "merge": [list(pair) for pair in merged],
+                       "pair_neurons": {str(n): v for n, v in r.pair_neurons.items()},
+                       "pair_scores": {m: {mode: np.round(np.nanmean(v, axis=1), 4).tolist()
+                                           for mode, v in r.pair_scores[m].items()} for m in r.pair_scores},
                        "settings": st, "neurons": r.neurons, "true_k": r.true_k, "coverage": r.coverage,
                        "n_unlabelled": r.n_unlabelled, "n_references": r.n_references,
                        "overlap_val_test_images": r.selection_digests_overlap, "sae": r.sae,
@@ -119,19 +132,44 @@ def run_protocol(args) -> dict:
     print(f"\nARI against causal labels on test ({n} model{'s' if n > 1 else ''}, {n_seeds} k-means seeds): "
           "mean +- sd over models [sd over seeds]")
     print(format_protocol_table(summary, [r.coverage for r in runs]))
+    pair_summary = summarize_pairs(runs)
+    if pair_summary:
+        print("\nmerged pairs (V1): ARI on the references of a merged pair only, over the test neurons that "
+              f"mix one ({pair_summary['n_neurons']} neuron(s) over {n} models): mean over those neurons [sd over seeds]")
+        for m in PROTOCOL_METHODS:
+            c = pair_summary[m]
+            print(f"  {m:15s} label-free {c['label-free']['mean']:.3f} [{c['label-free']['sd_seeds']:.3f}]   "
+                  f"oracle {c['oracle']['mean']:.3f} [{c['oracle']['sd_seeds']:.3f}]")
     wall = time.perf_counter() - start
     result = {
         "benchmark": "bench_disentangle (protocol)", "argv": sys.argv[1:], "machine": info,
         "load_avg_1min_end": common.load_avg(),
         "wall_s": round(wall, 1), "methods": list(PROTOCOL_METHODS), "n_seeds": n_seeds,
         "validation_world": "ToyWorld('test', seed=1)", "test_world": "ToyWorld('test')",
-        "summary": summary, "models": models,
+        "summary": summary, "pair_summary": pair_summary, "models": models,
     }
     print(f"\nwall time {wall:.0f} s; load average (1 min) at end: {result['load_avg_1min_end']}")
     if args.json:
         common.write_json(args.json, result, indent=1, default=float, newline=True)
         print(f"wrote {args.json}")
     return result
+
+
+def summarize_pairs(runs) -> dict:
+    """Pair ARI (V1) per method and mode: mean over the (model, neuron) cases that mix a merged pair."""
+    cases = [(r, j) for r in runs if r.pair_scores for j in range(len(r.neurons))
+             if not np.isnan(r.pair_scores["PURE-gradient"]["oracle"][j]).all()]  # fmt: skip
+    if not cases:
+        return {}
+    out = {"n_neurons": len(cases)}
+    for m in PROTOCOL_METHODS:
+        out[m] = {}
+        for mode in ("label-free", "oracle"):
+            x = np.stack([r.pair_scores[m][mode][j] for r, j in cases])  # [cases, seeds]
+            out[m][mode] = {"mean": round(float(np.nanmean(x)), 4),
+                            "sd_seeds": round(float(np.std(np.nanmean(x, axis=0), ddof=1)), 4) if x.shape[1] > 1 else 0.0,
+                            "per_case": np.round(np.nanmean(x, axis=1), 4).tolist()}  # fmt: skip
+    return out
 
 
 def run(args) -> dict:
