@@ -11,12 +11,12 @@ is the main row, ground-truth k the oracle row. Scores: ARI over the causally la
 references (as before) and ARI counting the unlabelled references as a class of their own,
 with the coverage (share labelled); mean +- sd over models [sd over seeds], and paired
 bootstrap 95 % intervals of PURE-gradient minus each method (neurons resampled within models).
-``--quick`` (under 3 minutes on one thread: 115 s wall at load 5-7 with the profiler on,
-2026-12-02) measures the same thing on less: the first model only, 3 k-means seeds on test
-(full: 10) and 1 on validation (full: 3), one SAE config (32 latents, top-4; full: 16x2, 32x4,
-64x4 to choose from) trained 5 epochs (full: 20) on 500 train images (full: 2,000). The
-references, causal labels, methods, k rules, distances, split rules, validation and test worlds
-are those of the full run. Where the time goes (cProfile of ``--quick``): k-means (about a third,
+``--quick`` (under 3 minutes on one thread: see ``RESULTS.md``) measures the same thing on
+less: the first model only, 3 k-means seeds on test (full: 10) and 1 on validation (full: 3),
+one SAE config (32 latents, top-4; full: 16x2, 32x4, 64x4 to choose from) trained 5 epochs
+(full: 20). The references, causal labels, methods, k rules, distances, split rules, SAE
+training images, validation and test worlds are those of the full run. (An SAE on 500 instead
+of 2,000 train images saved about 10 s but scored 0.77 instead of 0.98: not worth it.) Where the time goes (cProfile of ``--quick``): k-means (about a third,
 sklearn's ``KMeans`` with 10 initialisations, for k = 2..5 per neuron, method, distance and
 seed), the k rules' scores (a sixth), the model's forward and backward passes for
 references, causal labels and circuits (a quarter), the imports (a sixth).
@@ -57,7 +57,6 @@ from puretools.baselines import (
 from puretools.disentangle import CASES, METHODS, aggregate, compare_on_toy, format_table
 
 SAE_TRAIN_IMAGES = 2000
-QUICK_SAE_TRAIN_IMAGES = 500
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,8 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="toy checkpoints: 'shipped' (data/toyworld) or folders/files written by "
                         "`python -m puretools toy train --out DIR` (default: shipped)")
     p.add_argument("--pairs", type=int, default=12, help="planted pairs per model (default 12; --quick: 4)")
-    common.add_quick(p, help="the first model only, 3 k-means seeds (1 on validation), one SAE (5 epochs, 500 "
-                            "images); --legacy: 4 planted pairs")
+    common.add_quick(p, help="the first model only, 3 k-means seeds (1 on validation), one SAE (5 epochs); "
+                            "--legacy: 4 planted pairs")
     p.add_argument("--seeds", type=int, default=10, help="k-means seeds on test (default 10; --quick: 3)")
     p.add_argument("--legacy", action="store_true", help="the earlier comparison with planted neurons instead")
     common.add_threads(p, default=1, help="torch threads (default 1)")
@@ -92,7 +91,7 @@ def run_protocol(args) -> dict:
     start = time.perf_counter()
     val = toyworld.ToyWorld("test", seed=1)  # another world of the same generator: chooses, never scored
     test = toyworld.ToyWorld("test")
-    train = toyworld.ToyWorld("train", n=QUICK_SAE_TRAIN_IMAGES if args.quick else SAE_TRAIN_IMAGES)
+    train = toyworld.ToyWorld("train", n=SAE_TRAIN_IMAGES)
     runs, models = [], []
     for spec in specs:
         path = checkpoint(spec)
