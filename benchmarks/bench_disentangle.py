@@ -128,8 +128,8 @@ def run_protocol(args) -> dict:
         models.append({"model": spec, "train_seed": record.get("seed"), "sha256": record.get("sha256"),
                        "merge": [list(pair) for pair in merged],
                        "pair_neurons": {str(n): v for n, v in r.pair_neurons.items()},
-                       "pair_scores": {m: {mode: np.round(np.nanmean(v, axis=1), 4).tolist()
-                                           for mode, v in r.pair_scores[m].items()} for m in r.pair_scores},
+                       "pair_scores": {m: {mode: _row_means(v) for mode, v in r.pair_scores[m].items()}
+                                       for m in r.pair_scores},  # per neuron; None: mixes no pair
                        "settings": st, "neurons": r.neurons, "true_k": r.true_k, "coverage": r.coverage,
                        "n_unlabelled": r.n_unlabelled, "n_references": r.n_references,
                        "overlap_val_test_images": r.selection_digests_overlap, "sae": r.sae,
@@ -163,6 +163,11 @@ def run_protocol(args) -> dict:
         common.write_json(args.json, result, indent=1, default=float, newline=True)
         print(f"wrote {args.json}")
     return result
+
+
+def _row_means(v: np.ndarray) -> list:
+    """Mean over seeds per neuron, rounded; None for a neuron without a value (valid JSON, no NaN)."""
+    return [None if np.isnan(row).all() else round(float(np.nanmean(row)), 4) for row in v]
 
 
 def summarize_pairs(runs) -> dict:
