@@ -46,12 +46,18 @@ from pathlib import Path
 import common
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from puretools import toyworld
 from puretools.baselines import (
+    FEATURE_METHODS,
     PROTOCOL_METHODS,
     compare_protocol,
     format_protocol_table,
+    run_split,
     summarize,
 )
 from puretools.disentangle import CASES, METHODS, aggregate, compare_on_toy, format_table
@@ -69,6 +75,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                             "--legacy: 4 planted pairs")
     p.add_argument("--seeds", type=int, default=10, help="k-means seeds on test (default 10; --quick: 3)")
     p.add_argument("--legacy", action="store_true", help="the earlier comparison with planted neurons instead")
+    p.add_argument("--probe-pairs", action="store_true",
+                   help="for models trained with merged labels (V1): also a diagnostic, outside the protocol, "
+                        "of whether each method's features hold a merged pair's difference at all (5-fold "
+                        "logistic-regression accuracy on the validation world's references of the pair)")
     common.add_threads(p, default=1, help="torch threads (default 1)")
     common.add_json(p, help="write the results to this JSON file")
     return p.parse_args(argv)
@@ -125,8 +135,13 @@ def run_protocol(args) -> dict:
                     print(f"  {m:15s} pair ARI (references of the pair only) label-free "
                           f"{np.nanmean(r.pair_scores[m]['label-free']):.3f}, oracle "
                           f"{np.nanmean(r.pair_scores[m]['oracle']):.3f}")
+        probe = probe_pairs(toyworld.load_toy_model(path), val, merged) if merged and args.probe_pairs else []
+        for row in probe:
+            print(f"  probe (validation) neuron {row['neuron']} {row['pair'][0]} {row['n'][0]} / {row['pair'][1]} "
+                  f"{row['n'][1]}: majority {row['majority']:.2f}; "
+                  + ", ".join(f"{m} {v:.2f}" for m, v in row["accuracy"].items()))
         models.append({"model": spec, "train_seed": record.get("seed"), "sha256": record.get("sha256"),
-                       "merge": [list(pair) for pair in merged],
+                       "merge": [list(pair) for pair in merged], "pair_probe": probe,
                        "pair_neurons": {str(n): v for n, v in r.pair_neurons.items()},
                        "pair_scores": {m: {mode: _row_means(v) for mode, v in r.pair_scores[m].items()}
                                        for m in r.pair_scores},  # per neuron; None: mixes no pair
@@ -143,6 +158,11 @@ def run_protocol(args) -> dict:
           "mean +- sd over models [sd over seeds]")
     print(format_protocol_table(summary, [r.coverage for r in runs]))
     pair_summary = summarize_pairs(runs)
+    probes = [row for m in models for row in m["pair_probe"]]
+    if probes:
+        print(f"\nprobe (validation, outside the protocol): mean 5-fold accuracy over {len(probes)} (model, neuron, "
+              f"pair) cases, majority share {np.mean([row['majority'] for row in probes]):.3f}: " + ", ".join(
+                  f"{m} {np.mean([row['accuracy'][m] for row in probes]):.3f}" for m in FEATURE_METHODS))
     if pair_summary:
         print("\nmerged pairs (V1): ARI on the references of a merged pair only, over the test neurons that "
               f"mix one ({pair_summary['n_neurons']} neuron(s) over {n} models): mean over those neurons [sd over seeds]")
@@ -163,6 +183,33 @@ def run_protocol(args) -> dict:
         common.write_json(args.json, result, indent=1, default=float, newline=True)
         print(f"wrote {args.json}")
     return result
+
+
+def probe_pairs(model, val, merged, min_refs: int = 5) -> list[dict]:
+    """Diagnostic, not part of the protocol (nothing is chosen or scored from it): on the validation
+    world, for every neuron with >= ``min_refs`` references of each member of a merged pair, the
+    5-fold cross-validated accuracy of a logistic regression (standardised features) that tells the
+    two members apart from each feature method. Near the majority share: the features do not hold
+    the difference; well above it while the pair ARI is near 0: they hold it, but it is not what
+    k-means splits on."""
+    r = run_split(model, val, "val", {})
+    rows = []
+    for j, n in enumerate(r.neurons):
+        truth = r.truth[j].numpy()
+        for a, b in merged:
+            ia, ib = toyworld.CONCEPTS.index(a), toyworld.CONCEPTS.index(b)
+            keep = np.isin(truth, [ia, ib])
+            na, nb = int((truth == ia).sum()), int((truth == ib).sum())
+            if min(na, nb) < min_refs:
+                continue
+            y = (truth[keep] == ib).astype(int)
+            acc = {}
+            for m in FEATURE_METHODS:
+                clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+                acc[m] = round(float(cross_val_score(clf, r.features[m][j][keep], y, cv=min(5, na, nb)).mean()), 4)
+            rows.append({"neuron": n, "pair": [a, b], "n": [na, nb], "majority": round(max(na, nb) / (na + nb), 4),
+                         "accuracy": acc})  # fmt: skip
+    return rows
 
 
 def _row_means(v: np.ndarray) -> list:
