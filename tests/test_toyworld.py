@@ -249,6 +249,18 @@ def test_merge_is_validated_before_training(tmp_path, merge, match):
     assert not (tmp_path / "model.safetensors").exists()
 
 
+@pytest.mark.subprocess
+def test_command_line_merge_names_the_bad_pair(tmp_path):
+    import subprocess
+    import sys
+
+    for bad, message in (("disc", "pairs of two concept names"), ("disc+cube", "does not have")):
+        result = subprocess.run([sys.executable, "-m", "puretools", "toy", "train", "--merge", bad, "--out",
+                                 str(tmp_path)], capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+    assert not (tmp_path / "model.safetensors").exists()
+
+
 # ---------------------------------------------------------------------------------- ground truth
 
 
