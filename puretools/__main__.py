@@ -233,6 +233,8 @@ def _toy_train(args) -> None:
         kwargs["epochs"] = args.epochs
     if args.out is not None:
         kwargs["out_dir"] = args.out
+    if args.merge:
+        kwargs["merge"] = [tuple(m.split("+")) for m in args.merge]  # toyworld.train checks the names
     record = toyworld.train(**kwargs)  # refuses to overwrite a checkpoint unless --force
     print({k: v for k, v in record.items() if not isinstance(v, (list, dict))})
 
@@ -337,6 +339,9 @@ def _parser() -> argparse.ArgumentParser:
                         "which already holds the shipped checkpoint: use e.g. --out /tmp/toy-seed1)")
     t.add_argument("--force", action="store_true",
                    help="replace a checkpoint already in the output folder (e.g. --out data/toyworld --force)")
+    t.add_argument("--merge", action="append", default=None, metavar="A+B",
+                   help="give concepts A and B one label (both outputs learn 'A or B'; the images are "
+                        "unchanged); repeat for more pairs, e.g. --merge disc+checkerboard --merge square+dots")
     t.set_defaults(func=_toy_train)
 
     p = sub.add_parser("demo", help="execute all notebooks headless and write HTML")

@@ -67,6 +67,7 @@ __all__ = [
     "compare_protocol",
     "format_protocol_table",
     "image_digests",
+    "pair_ari",
     "run_split",
     "summarize",
 ]
@@ -131,6 +132,27 @@ def ari_counting_unlabelled(clusters, truth) -> float:
     truth = np.asarray(truth).astype(np.int64)
     truth = np.where(truth < 0, truth.max(initial=0) + 1, truth)
     return float(adjusted_rand_score(truth, np.asarray(clusters)))
+
+
+def pair_ari(clusters, truth, concepts: Sequence[int]) -> float:
+    """ARI of ``clusters`` against ``truth`` on the references whose label is one of ``concepts`` only.
+
+    How well a split separates the members of a merged pair (variant V1 of
+    ``benchmarks/README.md``), whatever it does with the neuron's other concepts. NaN when fewer
+    than two of ``concepts`` occur among the references.
+
+    Examples
+    --------
+    >>> pair_ari([0, 0, 1, 1, 2, 2], [3, 3, 5, 5, 7, -1], [3, 5])
+    1.0
+    >>> pair_ari([0, 0, 0, 0, 1, 1], [3, 3, 5, 5, 7, -1], [3, 5])  # the pair in one cluster
+    0.0
+    """
+    truth, clusters = np.asarray(truth), np.asarray(clusters)
+    keep = np.isin(truth, list(concepts))
+    if len(np.unique(truth[keep])) < 2:
+        return float("nan")
+    return float(adjusted_rand_score(truth[keep], clusters[keep]))
 
 
 def image_digests(dataset, indices) -> set[str]:
@@ -317,6 +339,13 @@ class ProtocolRun:
     sae : dict
         The SAE configs trained (size, top-k, R2, dead share).
     times_s : dict
+    pair_scores : dict
+        With ``merged_pairs``: ``pair_scores[method][mode]`` = array [N_test, n_seeds] of
+        :func:`pair_ari` over the references labelled with a member of a merged pair that the
+        neuron mixes (NaN for neurons that mix no pair).
+    pair_neurons : dict
+        Test neuron -> the merged pairs it mixes (both members with >= ``min_share`` of its
+        labelled references).
     """
 
     settings: dict
@@ -330,6 +359,8 @@ class ProtocolRun:
     selection_digests_overlap: int
     sae: dict
     times_s: dict
+    pair_scores: dict = field(default_factory=dict)
+    pair_neurons: dict = field(default_factory=dict)
 
 
 def compare_protocol(
@@ -342,6 +373,8 @@ def compare_protocol(
     sae_grid: Sequence[tuple[int, int]] = ((16, 2), (32, 4), (64, 4)),
     sae_epochs: int = 20,
     choose_seeds: Sequence[int] = (0, 1, 2),
+    merged_pairs: Sequence[tuple[str, str]] = (),
+    min_share: float = 0.2,
 ) -> ProtocolRun:
     """The leak-free comparison on one toy model: settings chosen on ``val``, scored on ``test``.
 
@@ -361,6 +394,13 @@ def compare_protocol(
     sae_epochs : int
     choose_seeds : sequence of int
         k-means seeds on validation.
+    merged_pairs : sequence of (str, str)
+        Concept pairs the model was trained to give one label (``toyworld.train(merge=...)``);
+        adds ``pair_scores`` (how well each method separates the pair's members on the neurons
+        that mix them). Nothing else changes: settings, scores and labels are the same.
+    min_share : float
+        Share of a neuron's labelled references a concept needs to count (polysemantic neurons,
+        ground-truth k, and the neurons that mix a pair).
 
     Returns
     -------
@@ -377,13 +417,13 @@ def compare_protocol(
             for n, k in sae_grid}  # fmt: skip
     times["sae_training"] = time.perf_counter() - t
     t = time.perf_counter()
-    v = run_split(model, val, "val", saes, n_ref=n_ref)
+    v = run_split(model, val, "val", saes, n_ref=n_ref, min_share=min_share)
     times["val_features"] = time.perf_counter() - t
     t = time.perf_counter()
     settings = choose_settings(v, seeds=choose_seeds)
     times["val_choice"] = time.perf_counter() - t
     t = time.perf_counter()
-    te = run_split(model, test, "test", saes, n_ref=n_ref)
+    te = run_split(model, test, "test", saes, n_ref=n_ref, min_share=min_share)
     overlap = len(v.digests & te.digests)
     if overlap:
         raise PuretoolsError(f"{overlap} images are both validation references and scored references: "
@@ -391,23 +431,30 @@ def compare_protocol(
     times["test_features"] = time.perf_counter() - t
     t = time.perf_counter()
     seeds = list(range(n_seeds))
-    scores, chosen_k = {}, {}
+    scores, chosen_k, pair_scores = {}, {}, {}
     rule = settings["k_rule"]
+    mixed = _mixed_pairs(te, merged_pairs, min_share)
     for m in FEATURE_METHODS:
         g = _cluster_grid(te, m, settings["distance"][m], seeds, [rule])
         scores[m] = {"label-free": _grid_scores(te, g, rule), "oracle": _grid_scores(te, g, "oracle")}
         chosen_k[m] = np.array([[s["chosen"][rule] for s in per] for per in g])
+        pair_scores[m] = {mode: _grid_pair_scores(te, g, mode, mixed) for mode in (rule, "oracle")}
     sae_key = settings["sae"]
     if "|" in sae_key:  # "<config>:kmeans|<distance>"
         cfg_rule, dist = sae_key.split("|")
         g = _cluster_grid(te, f"SAE-codes:{cfg_rule.split(':')[0]}", dist, seeds, [rule])
         scores["SAE"] = {"label-free": _grid_scores(te, g, rule), "oracle": _grid_scores(te, g, "oracle")}
         chosen_k["SAE"] = np.array([[s["chosen"][rule] for s in per] for per in g])
+        pair_scores["SAE"] = {mode: _grid_pair_scores(te, g, mode, mixed) for mode in (rule, "oracle")}
     else:
         direct = _direct_scores(te, sae_key, n_seeds)
         scores["SAE"] = {"label-free": direct, "oracle": direct}  # no k to choose: the same labels
         lab = te.sae_direct[sae_key]
         chosen_k["SAE"] = np.repeat(np.array([[len(lab[j].unique())] for j in range(len(te.neurons))]), n_seeds, 1)
+        direct_pair = np.array([[pair_ari(lab[j].numpy(), te.truth[j].numpy(), mixed[j]) if mixed[j] else np.nan]
+                                for j in range(len(te.neurons))]).repeat(n_seeds, 1)  # fmt: skip
+        pair_scores["SAE"] = {rule: direct_pair, "oracle": direct_pair}
+    pair_scores = {m: {"label-free": v[rule], "oracle": v["oracle"]} for m, v in pair_scores.items()}
     times["test_scoring"] = time.perf_counter() - t
     n_unl = int((te.truth < 0).sum())
     return ProtocolRun(
@@ -417,7 +464,38 @@ def compare_protocol(
         sae={cfg: {"n_latents": s.n_latents, "top_k": s.top_k, "r2_train": round(s.r2, 4), "dead": round(s.dead, 4)}
              for cfg, s in saes.items()},
         times_s={k: round(x, 1) for k, x in times.items()},
+        pair_scores=pair_scores if merged_pairs else {},
+        pair_neurons={n: [list(merged_pairs[i]) for i in sorted(_pairs_of(te, j, merged_pairs, min_share))]
+                      for j, n in enumerate(te.neurons) if _pairs_of(te, j, merged_pairs, min_share)},
     )  # fmt: skip
+
+
+def _pairs_of(run: SplitRun, j: int, merged_pairs, min_share: float) -> set[int]:
+    """Indices of the merged pairs whose two members both hold >= min_share of neuron j's labelled references."""
+    shares = toyworld.label_shares(run.truth[j], len(toyworld.CONCEPTS))
+    ids = [(toyworld.CONCEPTS.index(a), toyworld.CONCEPTS.index(b)) for a, b in merged_pairs]
+    return {i for i, (a, b) in enumerate(ids) if shares[a] >= min_share and shares[b] >= min_share}
+
+
+def _mixed_pairs(run: SplitRun, merged_pairs, min_share: float) -> list[list[int]]:
+    """Per test neuron: the concept ids of the merged pairs it mixes (empty: none)."""
+    out = []
+    for j in range(len(run.neurons)):
+        pairs = sorted(_pairs_of(run, j, merged_pairs, min_share))
+        out.append([toyworld.CONCEPTS.index(c) for i in pairs for c in merged_pairs[i]])
+    return out
+
+
+def _grid_pair_scores(run: SplitRun, grid, mode: str, mixed: list[list[int]]) -> np.ndarray:
+    """[N, n_seeds] :func:`pair_ari` for k mode ``mode`` (NaN for neurons that mix no pair)."""
+    res = np.full((len(run.neurons), len(grid[0])), np.nan)
+    for j, per_seed in enumerate(grid):
+        if not mixed[j]:
+            continue
+        for s, g in enumerate(per_seed):
+            k = run.true_k[j] if mode == "oracle" else g["chosen"][mode]
+            res[j, s] = pair_ari(g["labels"][k], run.truth[j].numpy(), mixed[j])
+    return res
 
 
 def _bootstrap(diffs: list[np.ndarray], n_boot: int, rng: np.random.Generator) -> tuple[float, float]:

@@ -26,12 +26,17 @@ from .progress import tqdm
 from .reference_type import References
 from .routing import conditional_heatmaps, partition_conditions
 from .toyworld import dominant_concepts
-from .virtual import kmeans_labels
+from .virtual import activation_features, kmeans_labels
 
-__all__ = ["METHODS", "ExplorerData", "VirtualHeatmapView", "prepare_explorer"]
+__all__ = ["BASELINES", "METHODS", "ExplorerData", "VirtualHeatmapView", "prepare_explorer"]
 
 #: The explorer's clusterings: PURE (circuits) and the activation baseline.
 METHODS = ("PURE", "activations")
+#: Where the activation baseline reads the layer (:func:`puretools.activation_features`'s
+#: ``where``): ``"peak"``, the layer's vector at the neuron's peak location (the default: the
+#: strongest simple baseline of ``benchmarks/RESULTS.md``), or ``"mean"``, the spatial mean (the
+#: paper's baseline).
+BASELINES = ("peak", "mean")
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class ExplorerData:
     scores : list of float
         Polysemanticity score of each neuron (higher: splits more clearly into two groups).
     features : dict str -> Tensor [N, n_ref, D]
-        ``"PURE"`` (circuits) and ``"activations"`` (spatial mean activations of the layer).
+        ``"PURE"`` (circuits) and ``"activations"`` (the layer's activations, read as ``baseline`` says).
     patches : dict str -> Tensor [N, n_ref, 3, s, s]
         ``"crop"`` and ``"mask"`` reference patches, values in [0, 1].
     umap : dict str -> ndarray [N, n_ref, 2]
@@ -87,6 +92,8 @@ class ExplorerData:
     concepts_name : str
         Which labels ``concepts`` holds ("causal labels" or "dominant labels"); the scores
         line and the panel titles name them.
+    baseline : {"peak", "mean"}
+        How ``features["activations"]`` were read (:data:`BASELINES`); the scores line names it.
     """
 
     neurons: list[int]
@@ -99,6 +106,7 @@ class ExplorerData:
     eval_space: torch.Tensor | None = None
     heatmaps: dict[tuple[int, int], VirtualHeatmapView] = field(default_factory=dict)
     concepts_name: str = "dominant labels"
+    baseline: str = "peak"
     _labels: dict[tuple[int, str, int], np.ndarray] = field(default_factory=dict, repr=False)
 
     def labels(self, position: int, method: str, k: int, seed: int = 0) -> np.ndarray:
@@ -133,6 +141,7 @@ def prepare_explorer(
     heatmap_method: Method | None = None,
     method: Method = DEFAULT_METHOD,
     causal_labels: torch.Tensor | None = None,
+    baseline: str = "peak",
 ) -> ExplorerData:
     """Compute circuits, activations, patches, UMAPs and the ranking the explorer needs.
 
@@ -172,12 +181,21 @@ def prepare_explorer(
         where none (``toyworld.causal_concepts``). Without it, each reference counts for its
         dominant concept in ``concept_labels`` (the concept the neuron prefers among those in
         the image), which the scores line then names.
+    baseline : {"peak", "mean"}
+        The activation baseline clustered beside PURE (``features["activations"]``):
+        :func:`puretools.activation_features` with ``where=baseline``. ``"peak"`` (default): the
+        layer's vector at the neuron's peak location, the strongest simple baseline of the
+        benchmark (``benchmarks/RESULTS.md``); ``"mean"``: the spatial mean, the paper's.
     """
+    if baseline not in BASELINES:
+        raise PuretoolsError(f"baseline must be one of {BASELINES} (where the activation baseline reads the "
+                             f"layer), not {baseline!r}.")  # fmt: skip
     denormalize = imagenet_denormalize if denormalize is None else denormalize
     pipe = Pipeline(model, dataset, layer, lower_layer, references, method=method, heatmap_method=heatmap_method,
                     seed=seed, cache_dir=cache_dir, progress=progress)
     neurons = pipe.neurons(neurons)
-    circuits, acts = pipe.circuits(neurons), pipe.activations(neurons)
+    circuits = pipe.circuits(neurons)
+    acts = activation_features(model, dataset, layer, references, neurons=neurons, where=baseline, device=pipe.device)
     idx = references.indices[neurons]  # [N, R]
     concepts = None
     if causal_labels is not None:
@@ -207,6 +225,7 @@ def prepare_explorer(
         concept_names=None if concept_names is None else list(concept_names),
         eval_space=None if eval_space is None else torch.as_tensor(eval_space)[order],
         concepts_name="causal labels" if causal_labels is not None else "dominant labels",
+        baseline=baseline,
     )
     n_ref = references.n_ref
     for position in range(len(neurons)):  # every slider position's clustering, so updates only draw

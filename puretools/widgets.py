@@ -31,6 +31,8 @@ __all__ = [
 
 PATCH_MODES = {"cropped": "crop", "masked": "mask"}
 VIEWS = ("patches", "virtual heatmaps")
+#: How the scores line names the activation baseline (``ExplorerData.baseline``).
+BASELINE_NAMES = {"peak": "the layer at the neuron's peak", "mean": "spatial mean"}
 
 
 def explorer_scores(data: ExplorerData, position: int, k: int, method: str) -> dict[str, float]:
@@ -227,7 +229,8 @@ class Explorer:
         scores = explorer_scores(self.data, pos, k, method)
         # the label uses the slider's own numbers: rank 0 is the most polysemantic neuron
         parts = [f"<b>neuron {self.data.neurons[pos]}</b> (neuron rank {pos} of 0-{len(self.data.neurons) - 1}, "
-                 f"0 = most polysemantic; polysemanticity {self.data.scores[pos]:.2f})", f"k = {k}", method]
+                 f"0 = most polysemantic; polysemanticity {self.data.scores[pos]:.2f})", f"k = {k}",
+                 method if method == "PURE" else f"{method} ({BASELINE_NAMES[self.data.baseline]})"]
         if "ari" in scores:
             left_out = int(scores.get("n_excluded", 0))
             parts.append(f"ARI vs ground truth {scores['ari']:.2f}, purity {scores['purity']:.2f} "

@@ -167,6 +167,19 @@ def test_ari_counting_unlabelled_and_choose_k():
         choose_k(x, by_k, "elbow")
 
 
+def test_pair_ari_scores_only_the_references_of_the_pair():
+    from sklearn.metrics import adjusted_rand_score
+
+    from puretools.baselines import pair_ari
+
+    rng = np.random.default_rng(0)
+    truth, clusters = rng.integers(-1, 5, 60), rng.integers(0, 3, 60)
+    keep = [i for i in range(60) if truth[i] in (1, 3)]  # brute force: the pair's references only
+    assert pair_ari(clusters, truth, [1, 3]) == adjusted_rand_score(truth[keep], clusters[keep])
+    assert pair_ari(np.where(np.isin(truth, [1, 3]), truth, 0), truth, [1, 3]) == 1.0  # other concepts ignored
+    assert np.isnan(pair_ari(clusters, truth, [3, 9]))  # only one member present: nothing to separate
+
+
 @pytest.mark.slow
 def test_protocol_chooses_settings_on_validation_images_only(monkeypatch):
     from puretools import baselines, toyworld
@@ -191,7 +204,7 @@ def test_protocol_chooses_settings_on_validation_images_only(monkeypatch):
     val, test = toyworld.ToyWorld("test", n=300, seed=1), toyworld.ToyWorld("test", n=300)
     train = toyworld.ToyWorld("train", n=100)
     r = baselines.compare_protocol(model, val, test, train, n_ref=12, n_seeds=2, sae_grid=((16, 2),), sae_epochs=1,
-                                   choose_seeds=(0,))
+                                   choose_seeds=(0,), merged_pairs=[("disc", "checkerboard"), ("square", "dots")])
     # every setting was chosen before any test image was looked at, from the validation run only
     assert events == ["features:val", "choose:val", "features:test"]
     chooser = seen["chooser_input"]
@@ -204,6 +217,14 @@ def test_protocol_chooses_settings_on_validation_images_only(monkeypatch):
     assert set(r.scores) == set(baselines.PROTOCOL_METHODS)
     assert r.scores["PURE-gradient"]["label-free"].shape == (len(r.neurons), 2, 2)
     assert 0 < r.coverage <= 1
+    for j, n in enumerate(r.neurons):  # pair scores exist exactly for the neurons that mix a merged pair
+        shares = toyworld.label_shares(seen["test"].truth[j], len(toyworld.CONCEPTS))
+        mixes = [[a, b] for a, b in [("disc", "checkerboard"), ("square", "dots")]
+                 if min(shares[toyworld.CONCEPTS.index(a)], shares[toyworld.CONCEPTS.index(b)]) >= 0.2]
+        assert r.pair_neurons.get(n, []) == mixes
+        for m in baselines.PROTOCOL_METHODS:
+            assert r.pair_scores[m]["oracle"].shape == (len(r.neurons), 2)
+            assert np.isnan(r.pair_scores[m]["label-free"][j]).all() == (not mixes)
     with pytest.raises(PuretoolsError, match="validation"):
         real_choose(seen["test"])
     with pytest.raises(PuretoolsError, match="both validation references and scored"):

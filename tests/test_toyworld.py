@@ -206,6 +206,61 @@ def test_training_is_reproducible(tmp_path):
     assert a["loss_history"] == b["loss_history"] != c["loss_history"]
 
 
+def test_merged_training_targets_are_the_or_of_each_pair(tmp_path, monkeypatch):
+    pairs = [("disc", "checkerboard"), ("square", "dots")]
+    labels = tw.ToyWorld("train", n=64).labels
+    merged = training._merged_targets(labels, pairs)
+    expected = labels.clone()  # brute force, column by column and image by image
+    for a, b in pairs:
+        i, j = tw.CONCEPTS.index(a), tw.CONCEPTS.index(b)
+        for row in range(len(labels)):
+            either = 1.0 if labels[row, i] == 1 or labels[row, j] == 1 else 0.0
+            expected[row, i] = expected[row, j] = either
+    assert torch.equal(merged, expected) and not torch.equal(merged, labels)
+    assert torch.equal(labels, tw.ToyWorld("train", n=64).labels)  # the world's own labels are untouched
+    seen = []  # the targets train() actually feeds the loss, over one full epoch (2 batches of 32)
+
+    class Recording(nn.BCEWithLogitsLoss):
+        def forward(self, logits, target):
+            seen.append(target.clone())
+            return super().forward(logits, target)
+
+    monkeypatch.setattr(training.nn, "BCEWithLogitsLoss", Recording)
+    record = tw.train(tmp_path, n_train=64, max_batches=2, batch_size=32, epochs=1, verbose=False,
+                      widths=(4, 4, 8, 4), merge=pairs)  # fmt: skip
+    fed = torch.cat(seen)
+    assert torch.equal(fed.sum(0), expected.sum(0))  # every image once: the same column sums as the OR
+    for a, b in pairs:
+        assert torch.equal(fed[:, tw.CONCEPTS.index(a)], fed[:, tw.CONCEPTS.index(b)])
+    assert record["merge"] == [list(p) for p in pairs]
+    assert "merge" not in tw.train(tmp_path / "plain", n_train=64, max_batches=1, verbose=False, widths=(4, 4, 8, 4))
+
+
+@pytest.mark.parametrize("merge, match", [
+    ([("disc", "cube")], "does not have"),
+    ([("disc",)], "pairs of two concept names"),
+    ([("disc", "disc")], "two different concepts"),
+    ([("disc", "square"), ("square", "dots")], "in two pairs"),
+    ("disc+square", "list of concept pairs"),
+])  # fmt: skip
+def test_merge_is_validated_before_training(tmp_path, merge, match):
+    with pytest.raises(ValueError, match=match):
+        tw.train(tmp_path, n_train=64, max_batches=1, verbose=False, widths=(4, 4, 8, 4), merge=merge)
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+@pytest.mark.subprocess
+def test_command_line_merge_names_the_bad_pair(tmp_path):
+    import subprocess
+    import sys
+
+    for bad, message in (("disc", "pairs of two concept names"), ("disc+cube", "does not have")):
+        result = subprocess.run([sys.executable, "-m", "puretools", "toy", "train", "--merge", bad, "--out",
+                                 str(tmp_path)], capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+    assert not (tmp_path / "model.safetensors").exists()
+
+
 # ---------------------------------------------------------------------------------- ground truth
 
 

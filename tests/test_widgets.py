@@ -90,6 +90,32 @@ def test_prepare_explorer_ranks_and_shapes(vgg, small_images):
     circuits = pt.circuit_attributions(vgg, small_images, "features.9", "features.6", refs, neurons=[3], progress=False)
     torch.testing.assert_close(data.features["PURE"][i], circuits[0])
     assert torch.equal(data.concepts[i], labels[refs.indices[3]].argmax(-1))
+    assert data.baseline == "peak"  # the default: the strongest simple baseline
+    maps = _brute_force_maps(vgg, small_images, "features.9")  # [n_images, C, H, W], by a plain hook
+    for pos, n in enumerate(data.neurons):  # the layer's vector at the neuron's own peak, brute force
+        per_ref = [maps[j].flatten(1)[:, maps[j][n].flatten().argmax()] for j in refs.indices[n].tolist()]
+        torch.testing.assert_close(data.features["activations"][pos], torch.stack(per_ref), rtol=1e-5, atol=1e-5)
+    mean = prepare_explorer(vgg, small_images, "features.9", "features.6", refs, neurons=[0, 3, 5],
+                            concept_labels=labels, denormalize=lambda x: x.clamp(0, 1), patch_size=16, umap=False,
+                            progress=False, heatmaps=False, baseline="mean")  # fmt: skip
+    assert mean.baseline == "mean" and mean.neurons == data.neurons
+    for pos, n in enumerate(mean.neurons):  # the paper's spatial mean, brute force
+        torch.testing.assert_close(mean.features["activations"][pos], maps[refs.indices[n]].mean((2, 3)),
+                                   rtol=1e-5, atol=1e-5)  # fmt: skip
+    with pytest.raises(pt.PuretoolsError, match="baseline must be one of"):
+        prepare_explorer(vgg, small_images, "features.9", "features.6", refs, neurons=[0], baseline="max",
+                         umap=False, progress=False)  # fmt: skip
+
+
+def _brute_force_maps(model, images, layer):
+    out = []
+    handle = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: out.append(o.detach()))
+    try:
+        with torch.no_grad():
+            model(torch.stack([images[j][0] for j in range(len(images))]))
+    finally:
+        handle.remove()
+    return out[0]
 
 
 def test_rank_label_matches_the_slider():

@@ -31,16 +31,64 @@ ARCHITECTURES = {
 }
 
 
+def _check_merge(merge) -> tuple[tuple[str, str], ...]:
+    """``merge`` as a tuple of concept-name pairs, validated (names known, pairs disjoint)."""
+    if merge is None:
+        return ()
+    if isinstance(merge, (str, bytes)) or not isinstance(merge, Sequence):
+        raise PuretoolsError(f"merge must be a list of concept pairs such as [('disc', 'checkerboard')], "
+                             f"not {merge!r}.")  # fmt: skip
+    pairs, seen = [], set()
+    for pair in merge:
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise PuretoolsError(f"merge must hold pairs of two concept names such as ('disc', 'checkerboard'), "
+                                 f"got {pair!r}.")  # fmt: skip
+        a, b = pair
+        for name in (a, b):
+            if name not in CONCEPTS:
+                raise PuretoolsError(f"merge names the concept {name!r}, which the toy world does not have; "
+                                     f"choose from {list(CONCEPTS)}.")  # fmt: skip
+        if a == b:
+            raise PuretoolsError(f"merge pairs need two different concepts, got {pair!r}.")
+        for name in (a, b):
+            if name in seen:
+                raise PuretoolsError(f"merge names {name!r} in two pairs, got {merge!r}: give each concept to "
+                                     "at most one pair (pairs are merged, not chained).")  # fmt: skip
+            seen.add(name)
+        pairs.append((a, b))
+    return tuple(pairs)
+
+
+def _merged_targets(labels: torch.Tensor, merge: Sequence[tuple[str, str]]) -> torch.Tensor:
+    """Training targets with each merged pair's two columns replaced by their OR (one label for both).
+
+    The model keeps its 16 outputs; for a pair ``(a, b)`` both outputs learn "a or b is in the
+    image", so nothing in the loss asks the network to tell ``a`` from ``b``.
+
+    Examples
+    --------
+    >>> y = torch.zeros(3, len(CONCEPTS)); y[0, 0] = 1; y[1, 8] = 1; y[2, 1] = 1
+    >>> _merged_targets(y, [("disc", "checkerboard")])[:, [0, 8, 1]].tolist()
+    [[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    """
+    out = labels.clone()
+    for a, b in merge:
+        i, j = CONCEPTS.index(a), CONCEPTS.index(b)
+        either = torch.maximum(labels[:, i], labels[:, j])
+        out[:, i], out[:, j] = either, either
+    return out
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, ds: ToyWorld, batch_size: int = 500) -> dict:
+def _evaluate(model: nn.Module, ds: ToyWorld, batch_size: int = 500, merge=()) -> dict:
     model.eval()
     preds = torch.cat([model(_normalize(ds.pixels[i : i + batch_size])) > 0
                        for i in range(0, len(ds), batch_size)])  # fmt: skip
-    truth = ds.labels.bool()
+    truth = _merged_targets(ds.labels, merge).bool()
     per_concept = (preds == truth).float().mean(0)
     tp = (preds & truth).sum(0).float()
     f1 = 2 * tp / (preds.sum(0) + truth.sum(0)).clamp(min=1)
@@ -79,6 +127,7 @@ def train(
     overwrite: bool = False,
     arch: str = "resnet",
     vit_config: dict | None = None,
+    merge: Sequence[tuple[str, str]] | None = None,
 ) -> dict:
     """Train a toy model on the toy world; write ``model.safetensors`` and ``record.json``.
 
@@ -122,6 +171,12 @@ def train(
         The toy ResNet (``widths``, ``strides``) or the toy ViT (``vit_config``).
     vit_config : dict, optional
         Overrides of :data:`puretools.toyworld.DEFAULT_VIT` (``arch="vit"`` only).
+    merge : list of (str, str), optional
+        Concept pairs that share one label (variant V1 of ``benchmarks/README.md``): for a pair
+        ``(a, b)`` both outputs are trained on "a or b" (the OR of the two labels), so the
+        network has no reason to tell them apart. The images are unchanged, and the test
+        metrics in the record are against the merged labels (``record["merge"]``); causal
+        labels and the benchmark still use the original concepts. Each concept in at most one pair.
 
     Returns
     -------
@@ -143,6 +198,7 @@ def train(
         raise PuretoolsError(f"arch must be one of {sorted(ARCHITECTURES)}, not {arch!r}.")
     if vit_config and arch != "vit":
         raise PuretoolsError("vit_config only applies to arch='vit'; the ResNet takes widths and strides.")
+    merge = _check_merge(merge)
     defaults = ARCHITECTURES[arch]
     epochs = defaults["epochs"] if epochs is None else int(epochs)
     lr = defaults["lr"] if lr is None else float(lr)
@@ -168,13 +224,13 @@ def train(
     torch.set_num_threads(threads)
     try:
         return _train(Path(out_dir), epochs, seed, n_train, max_batches, verbose, builder, configure, files,
-                      batch_size, lr, weight_decay)  # fmt: skip
+                      batch_size, lr, weight_decay, merge)  # fmt: skip
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _train(out_dir, epochs, seed, n_train, max_batches, verbose, builder, configure, files, batch_size, lr,
-           weight_decay) -> dict:  # fmt: skip
+           weight_decay, merge=()) -> dict:  # fmt: skip
     from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
@@ -182,6 +238,7 @@ def _train(out_dir, epochs, seed, n_train, max_batches, verbose, builder, config
     start, cpu_start = time.perf_counter(), time.process_time()
     ds = ToyWorld("train", n=n_train)
     test = ToyWorld("test")
+    targets = _merged_targets(ds.labels, merge)  # the labels themselves when nothing is merged
     model = builder()
     n_batches = len(ds) // batch_size if len(ds) >= batch_size else 1
     total = epochs * n_batches if max_batches is None else min(int(max_batches), epochs * n_batches)
@@ -197,7 +254,7 @@ def _train(out_dir, epochs, seed, n_train, max_batches, verbose, builder, config
         order = torch.randperm(len(ds), generator=gen)
         for b in range(n_batches):
             idx = order[b * batch_size : (b + 1) * batch_size]
-            loss = loss_fn(model(_normalize(ds.pixels[idx])), ds.labels[idx])
+            loss = loss_fn(model(_normalize(ds.pixels[idx])), targets[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -212,7 +269,7 @@ def _train(out_dir, epochs, seed, n_train, max_batches, verbose, builder, config
             if step == total:
                 break
     bar.close()
-    metrics = _evaluate(model, test)
+    metrics = _evaluate(model, test, merge=merge)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     out_dir.mkdir(parents=True, exist_ok=True)
     config = configure(model)
@@ -223,6 +280,7 @@ def _train(out_dir, epochs, seed, n_train, max_batches, verbose, builder, config
         "config": config,
         "seed": seed,
         "world_seed": 0,
+        **({"merge": [list(p) for p in merge]} if merge else {}),
         "epochs": epochs,
         "steps": total,
         "batch_size": batch_size,
