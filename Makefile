@@ -31,8 +31,8 @@ chromium:
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }; }
 
 # The demo never downloads: notebook 07 runs in smoke mode (random weights, generated images).
-# It records each notebook's wall time in docs/notebook_times.json (python docs/time_notebooks.py
-# then writes those times into the README and the notebooks' headers).
+# It records each notebook's wall time in build/notebook_times.json (python docs/time_notebooks.py
+# then makes them the stated runtimes: docs/notebook_times.json, the README and the notebooks' headers).
 demo: $(STAMP)
 	PURETOOLS_SMOKE=1 HF_HUB_OFFLINE=1 $(PY) -m puretools demo --out build
 

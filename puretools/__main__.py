@@ -251,6 +251,8 @@ def _machine() -> dict:
 
 
 def _demo(args) -> None:
+    if args.times is None:  # beside the pages, never in the source tree (a demo must not change the checkout)
+        args.times = str(Path(args.out) / "notebook_times.json")
     notebooks = notebook_files()  # shipped in the package (puretools._notebooks); 05b, 05c sort after 05
     if not notebooks:
         sys.exit(f"No notebooks found in {resource_path('_notebooks')}.")
@@ -346,9 +348,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="execute all notebooks headless and write HTML")
     p.add_argument("--out", default="build", help="folder for the HTML files (default: build)")
-    p.add_argument("--times", default=str(Path(__file__).resolve().parent.parent / "docs" / "notebook_times.json"),
-                   help="JSON file for each notebook's wall time and the machine's load (default: %(default)s); "
-                        "'python docs/time_notebooks.py' writes them into the README and the notebooks")
+    p.add_argument("--times", default=None,
+                   help="JSON file for each notebook's wall time and the machine's load (default: "
+                        "OUT/notebook_times.json); in a checkout, 'python docs/time_notebooks.py' makes them "
+                        "the stated runtimes of the README and the notebooks")
     p.set_defaults(func=_demo)
     return parser
 

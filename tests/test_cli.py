@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 import puretools as pt
 from puretools import toyworld
+from puretools import __main__ as cli
 from puretools.__main__ import _parser, cli_message, main
 
 
@@ -178,3 +179,13 @@ def test_a_failing_rank_stops_torchrun_with_a_clear_message(tmp_path):
     # the data set's own clear error (puretools.data), naming the file, reaches rank 0's message
     failed = f"error: Rank 1 of 2 failed (PuretoolsError: Could not read the image file '{files[6]}'"
     assert failed in result.stderr, result.stderr[-3000:]
+
+
+def test_demo_records_its_times_beside_the_pages_not_in_the_checkout(tmp_path, monkeypatch):
+    """`make demo` then `make test` must pass on any machine: the demo never rewrites docs/notebook_times.json."""
+    args = cli._parser().parse_args(["demo", "--out", str(tmp_path / "pages")])
+    assert args.times is None
+    monkeypatch.setattr(cli, "notebook_files", lambda: [])  # stop before executing anything
+    with pytest.raises(SystemExit, match="No notebooks found"):
+        cli._demo(args)
+    assert args.times == str(tmp_path / "pages" / "notebook_times.json")

@@ -1,7 +1,7 @@
 """The static pages `make demo` writes and the runtimes the docs state.
 
 - Every runtime stated in a notebook's header and in the README table is within 1.5x of the
-  time `make demo` measured last (``docs/notebook_times.json``, written by the demo).
+  time `make demo` measured and `python docs/time_notebooks.py` took as the record (``docs/notebook_times.json``).
 - A built page (``build/NN_*.html``) shows no progress bar stuck at its first frame ("0%"),
   no stray ``Out:`` of a bool or a matplotlib ``Text`` object, and no raw warning text. The
   scanner is tested here on made-up pages; the built pages are scanned when ``make demo`` has
