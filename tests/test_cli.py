@@ -17,8 +17,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import puretools as pt
-from puretools import toyworld
 from puretools import __main__ as cli
+from puretools import toyworld
 from puretools.__main__ import _parser, cli_message, main
 
 
