@@ -15,6 +15,26 @@ from puretools.config import cache_dir
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def zero_biases(model: nn.Module) -> nn.Module:
+    """Biases (LayerNorm shifts too), position embeddings and class tokens set to zero, in place:
+    then LRP must conserve relevance exactly (the LRP tests' set-up)."""
+    constant = ("pos_embed", "pos_embedding", "positional_embedding", "cls_token", "class_token", "class_embedding")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.split(".")[-1] in constant or name.endswith("bias"):
+                param.zero_()
+    return model
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (exact float comparisons; a shared 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every batch norm non-trivial statistics, so canonizers have something to merge."""
     g = torch.Generator().manual_seed(seed)

@@ -16,28 +16,13 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import puretools as pt
+from conftest import zero_biases
 from puretools.forward import forward_to
 from puretools.layouts import layer_layout
 from puretools.subnet import subnetwork
 from puretools.transformer_lrp import CPLRPComposite, is_transformer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _zero_biases(model: nn.Module) -> nn.Module:
-    """Biases, position embeddings and class tokens to zero, in float64: then LRP must conserve."""
-    constant = ("bias", "pos_embed", "cls_token")
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.split(".")[-1] in constant:
-                param.zero_()
-    return model.double().eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _toy_vit() -> nn.Module:
@@ -85,9 +70,9 @@ IDS = _ids(CASES)
 
 
 @pytest.mark.parametrize("build, size, layer, lower, cut", CASES, ids=IDS)
-def test_lrp_from_inside_a_block_conserves_relevance_with_zero_biases(build, size, layer, lower, cut):
+def test_lrp_from_inside_a_block_conserves_relevance_withzero_biases(build, size, layer, lower, cut):
     """The relevance arriving where the backward pass ends (lower_layer, or the cut) sums to the start."""
-    model = _zero_biases(build())
+    model = zero_biases(build()).double().eval()
     torch.manual_seed(1)
     x = torch.randn(4, 3, size, size, dtype=torch.float64)
     bottom = cut or lower

@@ -9,28 +9,13 @@ import torch
 from torch import nn
 from zennit.composites import LayerMapComposite
 
+from conftest import zero_biases
 from puretools import PuretoolsError, canonizer_report, lrp_composite
 from puretools.transformer_lrp import CPLRPComposite, lrp_block, lrp_coverage, lrp_sum
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REFERENCE = Path(__file__).parent / "data" / "lxt_vit_reference.safetensors"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _zero_biases(model: nn.Module) -> nn.Module:
-    """Biases, LayerNorm shifts, position embeddings and class tokens to zero: then LRP must conserve."""
-    constant = ("bias", "pos_embed", "pos_embedding", "positional_embedding", "cls_token", "class_token", "class_embedding")
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.split(".")[-1] in constant or name.endswith("bias"):
-                param.zero_()
-    return model
 
 
 def _hooks_and_forwards(model: nn.Module) -> list[tuple[str, str]]:
@@ -91,9 +76,9 @@ def _open_clip_vit():
         (_open_clip_vit, "", (2, 3, 32, 32)),
     ],
 )
-def test_cp_lrp_conserves_relevance_with_zero_biases(build, part, shape):
+def test_cp_lrp_conserves_relevance_withzero_biases(build, part, shape):
     torch.manual_seed(0)
-    model = _zero_biases(build())
+    model = zero_biases(build())
     inner = model.get_submodule(part) if part else model
     x = torch.randn(shape)
     # with the epsilon rule's stabiliser almost off, only the rounding is left
@@ -105,7 +90,7 @@ def test_cp_lrp_conserves_relevance_with_zero_biases(build, part, shape):
 def test_cp_lrp_is_not_gradient_times_input_and_is_conservative_where_that_is_not():
     """A LayerNorm without its rule makes relevance vanish; CP-LRP keeps it (the issue's 1e-5 symptom)."""
     torch.manual_seed(0)
-    model = _zero_biases(_timm_vit()).double().eval()
+    model = zero_biases(_timm_vit()).double().eval()
     x = torch.randn(2, 5, 192, dtype=torch.float64, requires_grad=True)
     y = model.blocks(x)
     start = y.detach().clamp(min=0)
@@ -198,7 +183,7 @@ def _cnn_zero_bias(model: nn.Module) -> nn.Module:
     """Zero biases and BatchNorm means; BatchNorm variances from the data (mean 0, so the merged
     biases stay 0): with random weights the activations would otherwise shrink to 1e-14 and the
     stabilisers, not the rules, would decide."""
-    model = _zero_biases(model).double().eval()
+    model = zero_biases(model).double().eval()
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     for bn in norms:
         bn.running_mean.zero_()
@@ -223,7 +208,7 @@ def _cnn_ratio(model: nn.Module, part: nn.Module, composite) -> float:
     return float(relevance.sum() / start.sum())
 
 
-def test_convnext_and_efficientnet_lrp_conserve_with_zero_biases():
+def test_convnext_and_efficientnet_lrp_conserve_withzero_biases():
     import timm
     import torchvision
     from zennit.canonizers import SequentialMergeBatchNorm
@@ -303,7 +288,7 @@ def test_lrp_subnetwork_between_two_vit_blocks_conserves_relevance():
     from puretools.subnet import subnetwork
 
     torch.manual_seed(0)
-    model = _zero_biases(_torchvision_vit()).double().eval()
+    model = zero_biases(_torchvision_vit()).double().eval()
     sub = subnetwork(model, "encoder.layers.encoder_layer_1", "encoder.layers.encoder_layer_0")
     x = torch.randn(2, 17, 32, dtype=torch.float64, requires_grad=True)
     with lrp_composite(model).context(model):
