@@ -2,8 +2,10 @@
 
 A planted neuron is a ground truth you can build in any model: pick units whose meaning you
 know (for the toy model, the class-activation maps of two concepts: ``fc`` applied at every
-position of ``layer4``), rectify them and add them up in one new channel. Each of its reference
-samples then has a true source: the unit that is larger at the neuron's max location. Planting
+position of ``layer4``; for the toy ViT, the layer's own monosemantic MLP neurons, ``units =
+nn.Identity()``), rectify them and add them up in one new channel. Each of its reference
+samples then has a true source: the unit that is larger at the neuron's max location (a
+spatial position of a CNN layer, a token of a transformer layer). Planting
 two of the model's own polysemantic channels would not be a fair test (each already mixes
 concepts, so k = 2 virtual neurons would be the wrong answer); units of one meaning each are.
 """
@@ -19,9 +21,10 @@ from torch import nn
 from torch.utils.data import Dataset
 from zennit.layer import Sum
 
-from .checks import check_ids, check_int, resolve_device
+from .checks import check_ids, check_int, check_module, resolve_device
 from .errors import PuretoolsError
 from .forward import collate_images, layer_output, prepare_model
+from .layouts import Layout, layer_layout
 from .models import get_module
 from .reference_type import References, check_references
 
@@ -34,9 +37,13 @@ class PlantedLayer(nn.Module):
     Parameters
     ----------
     units : nn.Module
-        Maps the layer's output [B, C, H, W] to unit maps [B, n_units, H, W].
+        Maps the layer's output [B, C, H, W] to unit maps [B, n_units, H, W] (in the layer's
+        layout: [B, T, C] to [B, T, n_units] for tokens).
     groups : LongTensor [P, G]
         The units summed into each planted channel.
+    layout : str or Layout
+        The layer's layout (:class:`puretools.layouts.Layout`): the planted channels are
+        appended on its channel axis (axis 1 for channels first, the last axis otherwise).
 
     Examples
     --------
@@ -44,11 +51,15 @@ class PlantedLayer(nn.Module):
     >>> plant = PlantedLayer(units, torch.tensor([[0, 1], [1, 2]]))
     >>> plant(torch.randn(2, 4, 5, 5)).shape  # 4 channels + 2 planted ones
     torch.Size([2, 6, 5, 5])
+    >>> tokens = PlantedLayer(nn.Identity(), torch.tensor([[0, 1]]), layout="tokens")
+    >>> tokens(torch.randn(2, 17, 4)).shape  # [B, T, 4 features + 1 planted]
+    torch.Size([2, 17, 5])
     """
 
-    def __init__(self, units: nn.Module, groups: torch.Tensor) -> None:
+    def __init__(self, units: nn.Module, groups: torch.Tensor, layout: str | Layout = "channels_first") -> None:
         super().__init__()
         self.units = units
+        self.layout = layout if isinstance(layout, Layout) else Layout(layout)
         self.register_buffer("groups", torch.as_tensor(groups, dtype=torch.long))
         # modules, not functions, so that LRP has a rule for each (zennit: Pass for the ReLU, Norm
         # for the Sum: relevance split in proportion to each unit); gradients are unchanged
@@ -56,13 +67,16 @@ class PlantedLayer(nn.Module):
         self.sum = Sum(dim=-1)
 
     def unit_maps(self, h: torch.Tensor) -> torch.Tensor:
-        """Rectified unit maps [B, n_units, H, W]."""
+        """Rectified unit maps [B, n_units, H, W] (in the layer's layout, e.g. [B, T, n_units])."""
         return self.relu(self.units(h))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         u = self.unit_maps(h)
-        planted = self.sum(u[:, self.groups].permute(0, 1, 3, 4, 2))  # [B, P, H, W]
-        return torch.cat([h, planted], 1)
+        if self.layout.channel_axis == 1:
+            planted = self.sum(u[:, self.groups].permute(0, 1, 3, 4, 2))  # [B, P, H, W]
+            return torch.cat([h, planted], 1)
+        planted = self.sum(u[..., self.groups])  # features last: [..., P, G] -> [..., P]
+        return torch.cat([h, planted], -1)
 
 
 class _Host(nn.Module):
@@ -73,11 +87,14 @@ class _Host(nn.Module):
         self.inner = inner
         self.name = name
         self.n_channels = n_channels
+        self.channels_first = planted.layout.channel_axis == 1
         self.add_module(name, planted)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = getattr(self, self.name)(self.inner(x))
-        return out[:, : self.n_channels]
+        if self.channels_first:
+            return out[:, : self.n_channels]
+        return out[..., : self.n_channels]
 
 
 @dataclass(frozen=True)
@@ -109,6 +126,11 @@ class PlantedNeurons:
     @property
     def planted_layer(self) -> PlantedLayer:
         return get_module(self.model, self.layer)
+
+    @property
+    def layout(self) -> Layout:
+        """The layer's layout (that of ``layer`` and ``inner``), e.g. ``Layout('tokens', 1, (4, 4))``."""
+        return self.planted_layer.layout
 
 
 def class_activation_units(fc: nn.Linear) -> nn.Conv2d:
@@ -153,10 +175,15 @@ def plant_neurons(
     units: nn.Module,
     groups: Sequence[Sequence[int]] | torch.Tensor,
     name: str = "planted",
+    layout: str | Layout | None = None,
 ) -> PlantedNeurons:
     """Plant neurons made of known units as extra channels of ``layer``, in a copy of ``model``.
 
-    The copy's module ``layer`` becomes a wrapper that runs the original layer (``inner``),
+    The neurons of ``layer`` sit on its channel axis, found by
+    :func:`puretools.layouts.layer_layout` (or given as ``layout``): axis 1 of a CNN layer
+    ``[B, C, H, W]``, the features (last axis) of a transformer's token layer ``[B, T, C]``; the
+    units map the output to unit maps in the same layout, and the planted channels are
+    appended on that axis. The copy's module ``layer`` becomes a wrapper that runs the original layer (``inner``),
     then a :class:`PlantedLayer` named ``name`` that appends one channel per group:
     ``sum over u in group of relu(units(h)[u])``, and passes the original channels on, so the
     model's outputs do not change. The wrapper is traced by torch.fx like any container,
@@ -168,13 +195,18 @@ def plant_neurons(
     model : nn.Module
         Left unchanged (it is copied).
     layer : str
-        The layer whose output [B, C, H, W] the units read.
+        The layer whose output [B, C, H, W] (or [B, T, C], ...) the units read.
     units : nn.Module
-        [B, C, H, W] -> [B, n_units, H, W], e.g. :func:`class_activation_units` of the head.
+        [B, C, H, W] -> [B, n_units, H, W], e.g. :func:`class_activation_units` of the head;
+        for a token layer [B, T, C] -> [B, T, n_units], e.g. ``nn.Identity()`` (the units are
+        then the layer's own features).
     groups : sequence of sequences of int, or LongTensor [P, G]
         The units of each planted neuron, e.g. ``[(2, 10), (0, 6)]`` (G >= 2 units each).
     name : str
         Name of the planted module inside the wrapper.
+    layout : str, Layout or None
+        The layer's layout; None: found from the model (:func:`puretools.layouts.layer_layout`,
+        which raises where the model does not settle it).
 
     Returns
     -------
@@ -190,6 +222,10 @@ def plant_neurons(
     >>> x = torch.randn(2, 3, 32, 32)
     >>> torch.allclose(planted.model(x), model(x))  # the model's outputs are unchanged
     True
+    >>> vit = pt.load_model("toy-vit")  # tokens [B, 17, 8]: plant MLP neurons 1 + 5 as feature 8
+    >>> pv = plant_neurons(vit, "blocks.3.mlp.act", nn.Identity(), [(1, 5)])
+    >>> pv.layout.kind, pv.channels, tuple(pt.layer_output(pv.model, x, pv.layer).shape)
+    ('tokens', [8], (2, 17, 9))
     """
     if isinstance(groups, (str, bytes)):
         raise PuretoolsError(f"groups={groups!r} must list groups of unit indices, e.g. [(2, 10)].")
@@ -209,43 +245,50 @@ def plant_neurons(
         )
     if not isinstance(name, str) or not name.isidentifier():
         raise PuretoolsError(f"name must be a valid module name, not {name!r}.")
+    check_module(model)
+    check_module(units, "units")
+    if layout is not None and not isinstance(layout, Layout):
+        Layout(layout if isinstance(layout, str) else repr(layout))  # raises, naming the layouts
     get_module(model, layer)  # a clear error for a wrong name
     model = copy.deepcopy(model)
     parent_name, _, child = layer.rpartition(".")
     parent = get_module(model, parent_name) if parent_name else model
     inner = getattr(parent, child)
-    with torch.no_grad():  # the layer's width and the number of units, from one probe pass
-        n_channels, n_units = _probe(model, layer, units)
+    with torch.no_grad():  # the layer's layout, width and number of units, from one probe pass
+        lay, n_channels, n_units = _probe(model, layer, units, layout)
     bad = groups_t[(groups_t < 0) | (groups_t >= n_units)]
     if len(bad):
         raise PuretoolsError(f"Unit indices {bad.tolist()} are out of range: units gives {n_units} maps (0..{n_units - 1}).")
-    host = _Host(inner, PlantedLayer(copy.deepcopy(units), groups_t), n_channels, name)
+    host = _Host(inner, PlantedLayer(copy.deepcopy(units), groups_t, lay), n_channels, name)
     setattr(parent, child, host)
     channels = list(range(n_channels, n_channels + len(groups_t)))
     return PlantedNeurons(model.eval(), f"{layer}.{name}", f"{layer}.inner", channels, groups_t)
 
 
-def _probe(model: nn.Module, layer: str, units: nn.Module) -> tuple[int, int]:
-    """Channels of ``layer`` and unit maps of ``units``, from a forward pass on a zero image."""
+def _probe(model: nn.Module, layer: str, units: nn.Module, layout: str | Layout | None) -> tuple[Layout, int, int]:
+    """Layout and channels of ``layer`` and the number of unit maps, from a forward pass on zero images."""
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if first is None:
-        raise PuretoolsError("plant_neurons needs a convolutional model (found no nn.Conv2d).")
-    size = 32
-    device = next(model.parameters()).device
+        raise PuretoolsError("plant_neurons needs a model whose first layer is an nn.Conv2d (found none).")
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None) or (32, 32)  # timm ViTs: their size
+    param = next(model.parameters())
     was_training = model.training
     model.eval()
     try:
-        h = layer_output(model, torch.zeros(1, first.in_channels, size, size, device=device), layer)
+        images = torch.zeros(2, first.in_channels, *size, device=param.device, dtype=param.dtype)
+        lay = layer_layout(model, layer, images, layout)
+        h = layer_output(model, images, layer)
     finally:
         model.train(was_training)
-    if h.ndim != 4:
+    if lay.kind == "channels_first" and h.ndim != 4:
         raise PuretoolsError(f"Layer {layer!r} gives outputs of shape {tuple(h.shape)}; expected [B, C, H, W].")
-    u = units.to(device)(h)
-    if u.ndim != 4 or u.shape[2:] != h.shape[2:]:
-        raise PuretoolsError(
-            f"units must map [B, C, H, W] to [B, n_units, H, W]; it gave {tuple(u.shape)} for {tuple(h.shape)}."
-        )
-    return h.shape[1], u.shape[1]
+    u = units.to(param.device)(h)
+    axis = lay.channel_axis % h.ndim
+    if u.ndim != h.ndim or u.shape[:axis] + u.shape[axis + 1 :] != h.shape[:axis] + h.shape[axis + 1 :]:
+        want = "[B, C, H, W] to [B, n_units, H, W]" if lay.kind == "channels_first" else (
+            f"the layer's {lay.kind} output to unit maps of the same shape but the last axis (n_units)")
+        raise PuretoolsError(f"units must map {want}; it gave {tuple(u.shape)} for {tuple(h.shape)}.")
+    return lay, int(h.shape[axis]), int(u.shape[axis])
 
 
 @torch.inference_mode()
@@ -270,7 +313,8 @@ def planted_sources(
     -------
     LongTensor [P, n_ref]
         The unit (e.g. the concept of a class-activation map) that is larger at the location
-        where the planted neuron is largest; -1 where the neuron is 0 there.
+        (position, or token of a token layer, prefix tokens included) where the planted neuron
+        is largest; -1 where the neuron is 0 there.
 
     Examples
     --------
@@ -303,7 +347,7 @@ def planted_sources(
     for s in range(0, len(unique), batch_size):
         images = collate_images([dataset[int(i)] for i in unique[s : s + batch_size]]).to(device)
         h = layer_output(model, images, planted.inner)
-        units.append(plant.unit_maps(h).flatten(2).cpu())  # [b, n_units, HW]
+        units.append(plant.layout.to_channels(plant.unit_maps(h)).cpu())  # [b, n_units, HW or T]
     maps = torch.cat(units)[inverse]  # [P, n_ref, n_units, HW]
     n_p, n_ref, _, hw = maps.shape
     groups = groups.cpu()
