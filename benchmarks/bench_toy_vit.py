@@ -19,11 +19,35 @@ the residual stream below it (``toyworld.VIT_LOWER_LAYER``), on the toy world's 
 
 Nothing here is tuned on the scores.
 
+``--planted`` runs the other test instead: planted polysemantic neurons (:mod:`puretools.planted`)
+with a known true source, since the layer's own neurons turned out monosemantic:
+
+1. units: the layer's own 8 MLP neurons (``units = nn.Identity()``): a planted neuron is
+   ``relu(a_i) + relu(a_j)`` at every token, appended as feature ``8 + p`` of the layer;
+2. pairs, by a rule fixed before any score was seen: every pair of neurons whose top causal
+   concepts (on the references of the run above) differ, ranked by balance (the smaller
+   share of the two true sources among the planted neuron's references), the ``--pairs``
+   most balanced ones (the rule of ``compare_on_toy``'s planted case, ``bench_disentangle.py
+   --legacy``), ties by pair order;
+3. true source of each reference (:func:`puretools.planted_sources`): the unit that is larger
+   at the token where the planted neuron peaks;
+4. features: PURE-gradient and PURE-LRP circuits from the residual stream
+   (``VIT_LOWER_LAYER``, summed over tokens), and the activation baselines on the layer's own
+   8 features (``activation_features(where="mean")``: mean over all tokens; ``where="peak"``:
+   the vector at the token where the planted neuron peaks, computed here by hand where the
+   installed puretools refuses tokens for ``where="peak"``, and the run says so); and
+   ``act-peak-lower``: the residual stream (the lower layer, 48 features) at that token, the
+   input PURE's circuits start from (a diagnostic row added after the first run);
+5. k-means (``VirtualNeurons(seed=s)``, ``--seeds`` seeds) with k = 2 (the truth) and k by
+   silhouette (``k="auto"``, k = 2..5); ARI against the true source, mean over the pairs,
+   then mean and sd over the seeds.
+
 Examples
 --------
 ::
 
     python benchmarks/bench_toy_vit.py --json benchmarks/results/toy_vit.json
+    python benchmarks/bench_toy_vit.py --planted --json benchmarks/results/toy_vit_planted.json
 """
 
 from __future__ import annotations
@@ -38,6 +62,7 @@ from pathlib import Path
 import common
 import numpy as np
 import torch
+from torch import nn
 
 import puretools as pt
 from puretools import toyworld
@@ -51,9 +76,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-images", type=int, default=None, help="test images (default: the whole split, 3,000)")
     p.add_argument("--min-share", type=float, default=0.2,
                    help="share of the labelled references a concept needs to count for a neuron (default 0.2)")
+    p.add_argument("--planted", action="store_true",
+                   help="score planted pairs of the layer's own neurons instead (see the docstring)")
+    p.add_argument("--pairs", type=int, default=12, help="--planted: the most balanced pairs kept (default 12)")
+    p.add_argument("--seeds", type=int, default=5, help="--planted: k-means seeds (default 5)")
     common.add_threads(p, default=1, help="torch threads (default 1)")
     common.add_json(p, help="write the results to this JSON file")
-    return p.parse_args(argv)
+    common.add_quick(p, help="a smoke run: 500 images, 20 references, 3 pairs, 2 seeds")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n_images, args.n_ref, args.pairs, args.seeds = 500, 20, 3, 2
+    return args
 
 
 def mean_ari(labels: torch.Tensor, truth: torch.Tensor) -> tuple[float, list[float]]:
@@ -242,8 +275,148 @@ def _finish(args, info, record, layer, lower, data, neurons_info, natural, ks, u
     return result
 
 
+def peak_features_by_hand(planted, data, indices: torch.Tensor, read_layer: str | None = None) -> torch.Tensor:
+    """A token layer's vector at the token where each planted neuron peaks: Tensor [P, n_ref, C_read].
+
+    ``activation_features(where="peak")`` for a token layer: argmax over all 17 tokens (the
+    first on ties) of planted channel ``planted.channels[p]``, then ``read_layer``'s vector
+    at that token (default ``planted.inner``: the layer's own 8 features; the lower layer,
+    the residual stream, for ``act-peak-lower``).
+    """
+    rows = []
+    for p, c in enumerate(planted.channels):
+        x = _images(data, indices[p])
+        with torch.no_grad():
+            out = pt.layer_output(planted.model, x, planted.layer)  # [n_ref, 17, 8 + P]
+            read = pt.layer_output(planted.model, x, read_layer) if read_layer else out[..., : planted.channels[0]]
+        where = out[..., c].argmax(1)
+        rows.append(read[torch.arange(len(x)), where])
+    return torch.stack(rows)
+
+
+def run_planted(args) -> dict:
+    info = common.start(None, torch.device("cpu"), args.threads)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    path = Path(args.weights) if args.weights else toyworld.DATA_DIR / "vit.safetensors"
+    record = json.loads((path.parent / "vit_record.json").read_text())
+    layer, lower = record["config"]["layer"], record["config"]["lower_layer"]  # VIT_LAYER, VIT_LOWER_LAYER
+    model = pt.load_model("toy-vit", weights=path)
+    data = toyworld.ToyWorld("test", n=args.n_images)
+    names = toyworld.CONCEPTS
+    times, start = {}, time.perf_counter()
+
+    # the pair rule: top causal concept of each neuron (as in the run without --planted)
+    t = time.perf_counter()
+    refs = pt.collect_references(model, data, layer, n_ref=args.n_ref, progress=False)
+    causal = toyworld.causal_concepts(model, data, layer, refs)
+    shares = toyworld.label_shares(causal, len(names))
+    top = [int(shares[n].argmax()) if shares[n].sum() > 0 else -1 for n in range(len(shares))]
+    candidates = [(a, b) for a in range(len(top)) for b in range(a + 1, len(top)) if top[a] != top[b] or top[a] < 0]
+    everything = pt.plant_neurons(model, layer, nn.Identity(), candidates)
+    erefs = pt.collect_references(everything.model, data, everything.layer, n_ref=args.n_ref, progress=False)
+    esources = pt.planted_sources(everything, data, erefs)
+    balance = []
+    for p, (a, _) in enumerate(candidates):
+        known = esources[p][esources[p] >= 0]
+        share = float((known == a).float().mean()) if len(known) else 0.0
+        balance.append(min(share, 1 - share))
+    order = sorted(range(len(candidates)), key=lambda p: (-balance[p], p))[: args.pairs]
+    pairs = [candidates[p] for p in order]
+    times["pair_choice"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    planted = pt.plant_neurons(model, layer, nn.Identity(), pairs)
+    prefs = pt.collect_references(planted.model, data, planted.layer, n_ref=args.n_ref, progress=False)
+    truth = pt.planted_sources(planted, data, prefs)  # [P, n_ref]
+    times["planted_references"] = time.perf_counter() - t
+    channels = planted.channels
+    print(f"\nplanted: {len(pairs)} of {len(candidates)} pairs of the {len(top)} neurons of {layer} whose top causal "
+          f"concepts differ, the most balanced; {len(data)} test images, {args.n_ref} references each, "
+          f"lower layer {lower}, layout {planted.layout}")
+    for p, (a, b) in enumerate(pairs):
+        print(f"  feature {channels[p]}: neuron {a} ({names[top[a]]}) + neuron {b} ({names[top[b]]}), "
+              f"balance {balance[order[p]]:.2f}, unlabelled {int((truth[p] < 0).sum())}")
+
+    methods: dict[str, torch.Tensor] = {}
+    t = time.perf_counter()
+    methods["PURE-gradient"] = pt.circuit_attributions(planted.model, data, planted.layer, lower, prefs,
+                                                       neurons=channels, progress=False)  # fmt: skip
+    times["circuits_gradient"] = time.perf_counter() - t
+    t = time.perf_counter()
+    methods["PURE-LRP"] = pt.circuit_attributions(planted.model, data, planted.layer, lower, prefs, neurons=channels,
+                                                  method="lrp", progress=False)  # fmt: skip
+    times["circuits_lrp"] = time.perf_counter() - t
+    t = time.perf_counter()
+    methods["act-mean"] = pt.activation_features(planted.model, data, planted.layer, prefs, neurons=channels,
+                                                 read_layer=planted.inner, where="mean")  # fmt: skip
+    peak_by_hand = peak_features_by_hand(planted, data, prefs.indices[channels])
+    try:
+        methods["act-peak"] = pt.activation_features(planted.model, data, planted.layer, prefs, neurons=channels,
+                                                     read_layer=planted.inner, where="peak")  # fmt: skip
+        peak_engine = True
+        print(f"activation_features(where='peak') vs by hand: max abs difference "
+              f"{float((methods['act-peak'] - peak_by_hand).abs().max()):.1e}")
+    except pt.PuretoolsError as err:
+        peak_engine = False
+        print(f"activation_features(where='peak') refused ({str(err).splitlines()[0][:120]}...): "
+              "act-peak uses the features at the peak token computed by hand")
+        methods["act-peak"] = peak_by_hand
+    # added after the first run (where both act rows beat PURE), as a diagnostic: the residual
+    # stream PURE's circuits are computed from, read at the peak token (the protocol's act-peak-lower)
+    methods["act-peak-lower"] = peak_features_by_hand(planted, data, prefs.indices[channels], read_layer=lower)
+    times["activations"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    scores = {}
+    for name, x in methods.items():
+        fixed, auto, ks, per_pair = [], [], [], []
+        for seed in range(args.seeds):
+            f = pt.VirtualNeurons(seed=seed).fit(x, k=[2] * len(pairs))
+            a = pt.VirtualNeurons(seed=seed).fit(x, k="auto")
+            mf, pf = mean_ari(f.labels, truth)
+            ma, _ = mean_ari(a.labels, truth)
+            fixed.append(mf)
+            auto.append(ma)
+            ks.append([int(k) for k in a.ks])
+            per_pair.append(pf)
+        scores[name] = {"ari_k2_mean": round(float(np.mean(fixed)), 4), "ari_k2_sd_seeds": round(float(np.std(fixed, ddof=1)) if len(fixed) > 1 else 0.0, 4),
+                        "ari_silhouette_mean": round(float(np.mean(auto)), 4), "ari_silhouette_sd_seeds": round(float(np.std(auto, ddof=1)) if len(auto) > 1 else 0.0, 4),
+                        "ari_k2_per_seed": [round(v, 4) for v in fixed], "ari_silhouette_per_seed": [round(v, 4) for v in auto],
+                        "per_pair_k2_seed0": per_pair[0], "per_pair_k2_mean_seeds": [round(float(v), 4) for v in np.mean(per_pair, 0)],
+                        "silhouette_k_mean": round(float(np.mean(ks)), 2), "silhouette_k_seed0": ks[0]}  # fmt: skip
+    times["kmeans"] = time.perf_counter() - t
+
+    wall = time.perf_counter() - start
+    print(f"\nARI against the planted source, mean over {len(pairs)} pairs; mean +- sd over {args.seeds} k-means seeds")
+    print(f"{'method':15s}{'k = 2 (truth)':>18s}{'k = silhouette':>18s}{'mean k':>8s}")
+    for name, sc in scores.items():
+        print(f"{name:15s}{sc['ari_k2_mean']:11.3f} +- {sc['ari_k2_sd_seeds']:.3f}"
+              f"{sc['ari_silhouette_mean']:11.3f} +- {sc['ari_silhouette_sd_seeds']:.3f}{sc['silhouette_k_mean']:8.2f}")
+    for name, sc in scores.items():
+        print(f"  {name} per pair (k = 2, mean over seeds): {sc['per_pair_k2_mean_seeds']}")
+    load_end = common.load_avg()
+    print(f"\nwall time {wall:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in times.items())}); "
+          f"load average (1 min) at end: {load_end:.2f}")
+    result = {
+        "benchmark": "bench_toy_vit --planted", "argv": sys.argv[1:], "machine": info,
+        "load_avg_1min_end": load_end, "wall_s": round(wall, 1), "times_s": {k: round(v, 1) for k, v in times.items()},
+        "model": {"sha256": record["sha256"], "config": record["config"]},
+        "layer": layer, "lower_layer": lower, "planted_layer": planted.layer, "n_ref": args.n_ref, "n_images": len(data),
+        "seeds": args.seeds, "top_concept": [names[c] if c >= 0 else None for c in top],
+        "candidate_pairs": [list(c) for c in candidates], "candidate_balance": [round(b, 3) for b in balance],
+        "pairs": [list(pr) for pr in pairs], "pair_concepts": [[names[top[a]], names[top[b]]] for a, b in pairs],
+        "balance": [round(balance[p], 3) for p in order], "unlabelled": int((truth < 0).sum()),
+        "act_peak_from_engine": peak_engine, "scores": scores,
+    }  # fmt: skip
+    if args.json:
+        common.write_json(args.json, result, indent=1, newline=True)
+        print(f"wrote {args.json}")
+    return result
+
+
 def main(argv=None) -> int:
-    run(parse_args(argv))
+    args = parse_args(argv)
+    (run_planted if args.planted else run)(args)
     return 0
 
 

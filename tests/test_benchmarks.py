@@ -86,3 +86,19 @@ def test_bench_vit_circuits_quick():
     assert all(r > 0 for r in ratios(out))
     assert all(d <= 1e-4 for d in max_abs_diffs(out))
     assert "machine:" in out and "peak memory" in out
+
+
+@pytest.mark.parametrize("planted", [False, True], ids=["natural", "planted"])
+def test_bench_toy_vit_quick(planted, tmp_path):
+    """The toy ViT's scores against causal labels (natural neurons) and against planted sources."""
+    out_json = tmp_path / "toy_vit.json"
+    out = run_script("bench_toy_vit.py", *(["--planted"] if planted else []), "--json", str(out_json))
+    assert "load average (1 min) at end" in out and out_json.exists()
+    if not planted:
+        assert "layer blocks.3.mlp.act (8 neurons)" in out
+        return
+    assert "kind='tokens'" in out and "3 of " in out
+    rows = re.findall(r"^(PURE-gradient|PURE-LRP|act-mean|act-peak|act-peak-lower)\s+" + NUMBER + r" \+- " + NUMBER
+                      + r"\s+" + NUMBER + r" \+- " + NUMBER, out, flags=re.MULTILINE)  # fmt: skip
+    assert [r[0] for r in rows] == ["PURE-gradient", "PURE-LRP", "act-mean", "act-peak", "act-peak-lower"], out
+    assert all(-1 <= float(r[i]) <= 1 for r in rows for i in (1, 3)), rows
