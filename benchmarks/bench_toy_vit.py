@@ -40,7 +40,9 @@ with a known true source, since the layer's own neurons turned out monosemantic:
    input PURE's circuits start from (a diagnostic row added after the first run);
 5. k-means (``VirtualNeurons(seed=s)``, ``--seeds`` seeds) with k = 2 (the truth) and k by
    silhouette (``k="auto"``, k = 2..5); ARI against the true source, mean over the pairs,
-   then mean and sd over the seeds.
+   then mean and sd over the seeds. Per pair the run also prints (a diagnostic added after the
+   first run) the share of references in which both units are strong (the smaller unit's
+   token max >= half the larger's).
 
 Examples
 --------
@@ -330,12 +332,20 @@ def run_planted(args) -> dict:
     truth = pt.planted_sources(planted, data, prefs)  # [P, n_ref]
     times["planted_references"] = time.perf_counter() - t
     channels = planted.channels
+    # a diagnostic added after the first run: how often both units are strong in a reference (the
+    # smaller unit's token max >= half the larger's), i.e. both objects are in the image
+    both = []
+    for p, (a, b) in enumerate(pairs):
+        with torch.no_grad():
+            h = pt.layer_output(planted.model, _images(data, prefs.indices[channels[p]]), planted.inner)
+        ma, mb = torch.relu(h[..., a]).amax(1), torch.relu(h[..., b]).amax(1)
+        both.append(round(float((torch.minimum(ma, mb) >= 0.5 * torch.maximum(ma, mb)).float().mean()), 3))
     print(f"\nplanted: {len(pairs)} of {len(candidates)} pairs of the {len(top)} neurons of {layer} whose top causal "
           f"concepts differ, the most balanced; {len(data)} test images, {args.n_ref} references each, "
           f"lower layer {lower}, layout {planted.layout}")
     for p, (a, b) in enumerate(pairs):
         print(f"  feature {channels[p]}: neuron {a} ({names[top[a]]}) + neuron {b} ({names[top[b]]}), "
-              f"balance {balance[order[p]]:.2f}, unlabelled {int((truth[p] < 0).sum())}")
+              f"balance {balance[order[p]]:.2f}, both units strong {both[p]:.2f}, unlabelled {int((truth[p] < 0).sum())}")
 
     methods: dict[str, torch.Tensor] = {}
     t = time.perf_counter()
@@ -405,7 +415,7 @@ def run_planted(args) -> dict:
         "seeds": args.seeds, "top_concept": [names[c] if c >= 0 else None for c in top],
         "candidate_pairs": [list(c) for c in candidates], "candidate_balance": [round(b, 3) for b in balance],
         "pairs": [list(pr) for pr in pairs], "pair_concepts": [[names[top[a]], names[top[b]]] for a, b in pairs],
-        "balance": [round(balance[p], 3) for p in order], "unlabelled": int((truth < 0).sum()),
+        "balance": [round(balance[p], 3) for p in order], "both_units_strong": both, "unlabelled": int((truth < 0).sum()),
         "act_peak_from_engine": peak_engine, "scores": scores,
     }  # fmt: skip
     if args.json:
