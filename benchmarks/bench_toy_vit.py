@@ -34,8 +34,8 @@ with a known true source, since the layer's own neurons turned out monosemantic:
 4. features: PURE-gradient and PURE-LRP circuits from the residual stream
    (``VIT_LOWER_LAYER``, summed over tokens), and the activation baselines on the layer's own
    8 features (``activation_features(where="mean")``: mean over all tokens; ``where="peak"``:
-   the vector at the token where the planted neuron peaks, computed here by hand where the
-   installed puretools refuses tokens for ``where="peak"``, and the run says so); and
+   the vector at the token where the planted neuron peaks, checked against a computation by
+   hand, :func:`peak_features_by_hand`); and
    ``act-peak-lower``: the residual stream (the lower layer, 48 features) at that token, the
    input PURE's circuits start from (a diagnostic row added after the first run);
 5. k-means (``VirtualNeurons(seed=s)``, ``--seeds`` seeds) with k = 2 (the truth) and k by
@@ -359,21 +359,15 @@ def run_planted(args) -> dict:
     t = time.perf_counter()
     methods["act-mean"] = pt.activation_features(planted.model, data, planted.layer, prefs, neurons=channels,
                                                  read_layer=planted.inner, where="mean")  # fmt: skip
+    methods["act-peak"] = pt.activation_features(planted.model, data, planted.layer, prefs, neurons=channels,
+                                                 read_layer=planted.inner, where="peak")  # fmt: skip
     peak_by_hand = peak_features_by_hand(planted, data, prefs.indices[channels])
-    try:
-        methods["act-peak"] = pt.activation_features(planted.model, data, planted.layer, prefs, neurons=channels,
-                                                     read_layer=planted.inner, where="peak")  # fmt: skip
-        peak_engine = True
-        print(f"activation_features(where='peak') vs by hand: max abs difference "
-              f"{float((methods['act-peak'] - peak_by_hand).abs().max()):.1e}")
-    except pt.PuretoolsError as err:
-        peak_engine = False
-        print(f"activation_features(where='peak') refused ({str(err).splitlines()[0][:120]}...): "
-              "act-peak uses the features at the peak token computed by hand")
-        methods["act-peak"] = peak_by_hand
+    print(f"activation_features(where='peak') vs by hand: max abs difference "
+          f"{float((methods['act-peak'] - peak_by_hand).abs().max()):.1e}")
     # added after the first run (where both act rows beat PURE), as a diagnostic: the residual
     # stream PURE's circuits are computed from, read at the peak token (the protocol's act-peak-lower)
-    methods["act-peak-lower"] = peak_features_by_hand(planted, data, prefs.indices[channels], read_layer=lower)
+    methods["act-peak-lower"] = pt.activation_features(planted.model, data, planted.layer, prefs, neurons=channels,
+                                                       read_layer=lower, where="peak")  # fmt: skip
     times["activations"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -416,7 +410,7 @@ def run_planted(args) -> dict:
         "candidate_pairs": [list(c) for c in candidates], "candidate_balance": [round(b, 3) for b in balance],
         "pairs": [list(pr) for pr in pairs], "pair_concepts": [[names[top[a]], names[top[b]]] for a, b in pairs],
         "balance": [round(balance[p], 3) for p in order], "both_units_strong": both, "unlabelled": int((truth < 0).sum()),
-        "act_peak_from_engine": peak_engine, "scores": scores,
+        "act_peak_from_engine": True, "scores": scores,
     }  # fmt: skip
     if args.json:
         common.write_json(args.json, result, indent=1, newline=True)

@@ -303,6 +303,39 @@ def peak_positions(height: int, width: int, flat: torch.Tensor, read_height: int
     return r * read_width + c
 
 
+def _grid(layout: Layout, x: torch.Tensor) -> tuple[int, ...]:
+    """The position axes of an output: (H, W) of a map, (T,) of tokens, () of a vector."""
+    if layout.is_tokens:
+        return (int(x.shape[1] if layout.kind == "tokens" else x.shape[0]),)
+    return tuple(int(d) for d in (x.shape[2:] if layout.kind == "channels_first" else x.shape[1:-1]))
+
+
+def _peak_vectors(at: torch.Tensor, read: torch.Tensor, layouts: Sequence[Layout], neurons: torch.Tensor,
+                  layer: str, read_layer: str) -> torch.Tensor:  # fmt: skip
+    """[b, N, C_read]: the vector of ``read`` at the position where each neuron of ``at`` peaks.
+
+    Maps (channels first or last) of any two sizes: the peak mapped by :func:`peak_positions`.
+    Tokens: the same token, so both layers need the same tokens (e.g. the MLP and the residual
+    stream of one ViT).
+    """
+    lay_at, lay_read = layouts
+    grid_at, grid_read = _grid(lay_at, at), _grid(lay_read, read)
+    a, r = lay_at.to_channels(at), lay_read.to_channels(read)  # [b, C, P], [b, C_read, P_read]
+    peak = a[:, neurons].argmax(-1)  # [b, N] flat position (token) of each neuron's max, first on ties
+    if len(grid_at) == 2 and len(grid_read) == 2 and not lay_at.is_tokens and not lay_read.is_tokens:
+        pos = peak_positions(*grid_at, peak, *grid_read)
+    elif lay_at.is_tokens and lay_read.is_tokens and grid_at == grid_read:
+        pos = peak
+    else:
+        raise PuretoolsError(
+            f"where='peak' reads {read_layer!r} at the position where each neuron of {layer!r} peaks, so both "
+            f"need positions that correspond: maps [B, C, H, W] (or channels last), or the same tokens; got "
+            f"{lay_at.kind} {tuple(at.shape)} and {lay_read.kind} {tuple(read.shape)}. Use where='mean', or a "
+            "read_layer of the same kind."
+        )
+    return r.gather(2, pos[:, None, :].expand(-1, r.shape[1], -1)).transpose(1, 2)
+
+
 def activation_features(
     model: nn.Module,
     dataset: Dataset,
@@ -338,8 +371,10 @@ def activation_features(
         The layer whose channels form the features (default ``layer``), e.g. the lower layer
         that the circuits come from.
 
-    For a transformer layer: the mean over tokens of every feature. ``layout``: ``layer``'s
-    layout (:func:`puretools.layouts.layer_layout`); None: found from the model.
+    For a transformer layer: ``"mean"`` is the mean over tokens of every feature, ``"peak"`` the
+    features of ``read_layer`` at the token where the neuron is largest (both layers must have
+    the same tokens, e.g. an MLP layer and the residual stream). ``layout``: ``layer``'s layout
+    (:func:`puretools.layouts.layer_layout`); None: found from the model.
 
     Returns
     -------
@@ -411,15 +446,7 @@ def activation_features(
                 if where == "mean":
                     rows.append(layouts[1].reduce(read, "mean"))
                     continue
-                if any(lay.kind != "channels_first" for lay in layouts) or at.ndim != 4 or read.ndim != 4:
-                    raise PuretoolsError(
-                        f"where='peak' needs maps [B, C, H, W] from {layer!r} and {read_layer!r}, got "
-                        f"{tuple(at.shape)} and {tuple(read.shape)}; use where='mean'."
-                    )
-                peak = at[:, neurons_t].flatten(2).argmax(-1)  # [b, N] flat position of each neuron's max
-                pos = peak_positions(at.shape[2], at.shape[3], peak, read.shape[2], read.shape[3])
-                flat = read.flatten(2)  # [b, C_read, HW_read]
-                rows.append(flat.gather(2, pos[:, None, :].expand(-1, flat.shape[1], -1)).transpose(1, 2))  # [b, N, C]
+                rows.append(_peak_vectors(at, read, layouts, neurons_t, layer, read_layer))  # [b, N, C_read]
     finally:
         for h in handles:
             h.remove()

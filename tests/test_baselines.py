@@ -86,6 +86,30 @@ def test_peak_features_toy_model_match_reference_values():
     assert lower.shape == (1, 6, 64)
 
 
+def test_peak_features_on_a_vit_read_the_token_where_the_neuron_peaks():
+    """Toy ViT: the residual stream's vector at the token of each neuron's max (brute force with hooks)."""
+    from puretools import toyworld
+
+    model = pt.load_model("toy-vit")
+    data = toyworld.ToyWorld("test", n=60)
+    refs = pt.collect_references(model, data, toyworld.VIT_LAYER, n_ref=5, progress=False)
+    got = pt.activation_features(model, data, toyworld.VIT_LAYER, refs, neurons=[1, 6], where="peak",
+                                 read_layer=toyworld.VIT_LOWER_LAYER)
+    own = pt.activation_features(model, data, toyworld.VIT_LAYER, refs, neurons=[1, 6], where="peak")
+    for row, neuron in enumerate([1, 6]):
+        x = torch.stack([data[int(i)][0] for i in refs.indices[neuron]])
+        with torch.no_grad():
+            at = pt.layer_output(model, x, toyworld.VIT_LAYER)  # [5, 17 tokens, 8]
+            read = pt.layer_output(model, x, toyworld.VIT_LOWER_LAYER)  # [5, 17, 48]
+        token = at[:, :, neuron].argmax(1)
+        torch.testing.assert_close(got[row], read[torch.arange(5), token])
+        torch.testing.assert_close(own[row], at[torch.arange(5), token])
+        torch.testing.assert_close(own[row, :, neuron], refs.values[neuron])  # the token max itself
+    with pytest.raises(PuretoolsError, match="same tokens"):  # tokens read at a map's position: refused
+        pt.activation_features(model, data, toyworld.VIT_LAYER, refs, neurons=[1], where="peak",
+                               read_layer="patch_embed.proj")
+
+
 def test_activation_features_bad_where():
     model = _model()
     with pytest.raises(PuretoolsError, match="where"):
