@@ -99,9 +99,7 @@ def run_protocol(args) -> dict:
     grid = ((32, 4),) if args.quick else ((16, 2), (32, 4), (64, 4))
     choose_seeds = (0,) if args.quick else (0, 1, 2)
     start = time.perf_counter()
-    val = toyworld.ToyWorld("test", seed=1)  # another world of the same generator: chooses, never scored
-    test = toyworld.ToyWorld("test")
-    train = toyworld.ToyWorld("train", n=SAE_TRAIN_IMAGES)
+    worlds = {}  # per toy-world variant (record.json's "variant"; None: the default world)
     runs, models = [], []
     for spec in specs:
         path = checkpoint(spec)
@@ -111,13 +109,22 @@ def run_protocol(args) -> dict:
         record_path = path.parent / "record.json"
         record = json.loads(record_path.read_text()) if record_path.is_file() else {}
         merged = [tuple(pair) for pair in record.get("merge", [])]  # variant V1: pairs trained as one label
+        variant = record.get("variant")  # variant V2: the model was trained (and is scored) on another world
+        if variant not in worlds:
+            worlds[variant] = (
+                toyworld.ToyWorld("test", seed=1, variant=variant),  # another world of the same generator: chooses, never scored
+                toyworld.ToyWorld("test", variant=variant),
+                toyworld.ToyWorld("train", n=SAE_TRAIN_IMAGES, variant=variant),
+            )
+        val, test, train = worlds[variant]
         t = time.perf_counter()
         r = compare_protocol(toyworld.load_toy_model(path), val, test, train, n_seeds=n_seeds, sae_grid=grid,
                              choose_seeds=choose_seeds, sae_epochs=5 if args.quick else 20,
                              merged_pairs=merged)  # fmt: skip
         runs.append(r)
         st = r.settings
-        print(f"\n{spec} (train seed {record.get('seed')}, {time.perf_counter() - t:.0f} s): test neurons "
+        print(f"\n{spec} (train seed {record.get('seed')}{'' if variant is None else f', world variant {variant}'}, "
+              f"{time.perf_counter() - t:.0f} s): test neurons "
               f"{r.neurons} (ground-truth k {r.true_k}); coverage {r.coverage:.3f} "
               f"({r.n_unlabelled} of {r.n_references} references unlabelled)")
         print(f"  chosen on validation (neurons {st['val_neurons']}): k rule {st['k_rule']} "
@@ -141,7 +148,7 @@ def run_protocol(args) -> dict:
                   f"{row['n'][1]}: majority {row['majority']:.2f}; "
                   + ", ".join(f"{m} {v:.2f}" for m, v in row["accuracy"].items()))
         models.append({"model": spec, "train_seed": record.get("seed"), "sha256": record.get("sha256"),
-                       "merge": [list(pair) for pair in merged], "pair_probe": probe,
+                       "merge": [list(pair) for pair in merged], "variant": variant, "pair_probe": probe,
                        "pair_neurons": {str(n): v for n, v in r.pair_neurons.items()},
                        "pair_scores": {m: {mode: _row_means(v) for mode, v in r.pair_scores[m].items()}
                                        for m in r.pair_scores},  # per neuron; None: mixes no pair
@@ -176,6 +183,7 @@ def run_protocol(args) -> dict:
         "load_avg_1min_end": common.load_avg(),
         "wall_s": round(wall, 1), "methods": list(PROTOCOL_METHODS), "n_seeds": n_seeds,
         "validation_world": "ToyWorld('test', seed=1)", "test_world": "ToyWorld('test')",
+        "world_variants": sorted(v for v in worlds if v is not None),  # worlds of the models' record.json
         "summary": summary, "pair_summary": pair_summary, "models": models,
     }
     print(f"\nwall time {wall:.0f} s; load average (1 min) at end: {result['load_avg_1min_end']}")
