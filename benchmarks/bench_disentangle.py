@@ -6,7 +6,9 @@ layer's and the lower layer's activation vector at the neuron's peak location) a
 SAE (size, top-k and split rule chosen on validation). Every setting (the k rule, shared by
 all methods; each method's distance; the SAE) is chosen on validation images
 (``ToyWorld("test", seed=1)``: another world from the same generator, never scored); the scores
-come from the test split (``ToyWorld("test")``), with ``--seeds`` k-means seeds. Label-free k
+come from the test split (``ToyWorld("test")``), with ``--seeds`` k-means seeds (a model trained on
+a world variant, ``"variant"`` in its ``record.json``, e.g. V2 of ``README.md``, gets the same
+variant's validation, test and SAE-training worlds). Label-free k
 is the main row, ground-truth k the oracle row. Scores: ARI over the causally labelled
 references (as before) and ARI counting the unlabelled references as a class of their own,
 with the coverage (share labelled); mean +- sd over models [sd over seeds], and paired
@@ -61,6 +63,7 @@ from puretools.baselines import (
     summarize,
 )
 from puretools.disentangle import CASES, METHODS, aggregate, compare_on_toy, format_table
+from puretools.references import collect_references
 
 SAE_TRAIN_IMAGES = 2000
 
@@ -79,6 +82,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="for models trained with merged labels (V1): also a diagnostic, outside the protocol, "
                         "of whether each method's features hold a merged pair's difference at all (5-fold "
                         "logistic-regression accuracy on the validation world's references of the pair)")
+    p.add_argument("--peak-where", action="store_true",
+                   help="for models of a world variant with composites (V2): also a diagnostic, outside the protocol, "
+                        "of where each neuron peaks on the validation world's references of a merged pair: the "
+                        "share of the peak's 4x4-pixel block on the composite's frame, inside it, or outside it")
     common.add_threads(p, default=1, help="torch threads (default 1)")
     common.add_json(p, help="write the results to this JSON file")
     return p.parse_args(argv)
@@ -99,9 +106,7 @@ def run_protocol(args) -> dict:
     grid = ((32, 4),) if args.quick else ((16, 2), (32, 4), (64, 4))
     choose_seeds = (0,) if args.quick else (0, 1, 2)
     start = time.perf_counter()
-    val = toyworld.ToyWorld("test", seed=1)  # another world of the same generator: chooses, never scored
-    test = toyworld.ToyWorld("test")
-    train = toyworld.ToyWorld("train", n=SAE_TRAIN_IMAGES)
+    worlds = {}  # per toy-world variant (record.json's "variant"; None: the default world)
     runs, models = [], []
     for spec in specs:
         path = checkpoint(spec)
@@ -111,13 +116,22 @@ def run_protocol(args) -> dict:
         record_path = path.parent / "record.json"
         record = json.loads(record_path.read_text()) if record_path.is_file() else {}
         merged = [tuple(pair) for pair in record.get("merge", [])]  # variant V1: pairs trained as one label
+        variant = record.get("variant")  # variant V2: the model was trained (and is scored) on another world
+        if variant not in worlds:
+            worlds[variant] = (
+                toyworld.ToyWorld("test", seed=1, variant=variant),  # another world of the same generator: chooses, never scored
+                toyworld.ToyWorld("test", variant=variant),
+                toyworld.ToyWorld("train", n=SAE_TRAIN_IMAGES, variant=variant),
+            )
+        val, test, train = worlds[variant]
         t = time.perf_counter()
         r = compare_protocol(toyworld.load_toy_model(path), val, test, train, n_seeds=n_seeds, sae_grid=grid,
                              choose_seeds=choose_seeds, sae_epochs=5 if args.quick else 20,
                              merged_pairs=merged)  # fmt: skip
         runs.append(r)
         st = r.settings
-        print(f"\n{spec} (train seed {record.get('seed')}, {time.perf_counter() - t:.0f} s): test neurons "
+        print(f"\n{spec} (train seed {record.get('seed')}{'' if variant is None else f', world variant {variant}'}, "
+              f"{time.perf_counter() - t:.0f} s): test neurons "
               f"{r.neurons} (ground-truth k {r.true_k}); coverage {r.coverage:.3f} "
               f"({r.n_unlabelled} of {r.n_references} references unlabelled)")
         print(f"  chosen on validation (neurons {st['val_neurons']}): k rule {st['k_rule']} "
@@ -136,12 +150,17 @@ def run_protocol(args) -> dict:
                           f"{np.nanmean(r.pair_scores[m]['label-free']):.3f}, oracle "
                           f"{np.nanmean(r.pair_scores[m]['oracle']):.3f}")
         probe = probe_pairs(toyworld.load_toy_model(path), val, merged) if merged and args.probe_pairs else []
+        where = peak_where(toyworld.load_toy_model(path), val, merged) if merged and args.peak_where else []
+        for row in where:
+            print(f"  peak (validation) neuron {row['neuron']} {row['concept']} ({row['n']} references): share of the "
+                  f"peak block on the frame {row['frame']:.2f}, inside {row['inside']:.2f}, outside {row['outside']:.2f}")
         for row in probe:
             print(f"  probe (validation) neuron {row['neuron']} {row['pair'][0]} {row['n'][0]} / {row['pair'][1]} "
                   f"{row['n'][1]}: majority {row['majority']:.2f}; "
                   + ", ".join(f"{m} {v:.2f}" for m, v in row["accuracy"].items()))
         models.append({"model": spec, "train_seed": record.get("seed"), "sha256": record.get("sha256"),
-                       "merge": [list(pair) for pair in merged], "pair_probe": probe,
+                       "merge": [list(pair) for pair in merged], "variant": variant, "pair_probe": probe,
+                       "peak_where": where,
                        "pair_neurons": {str(n): v for n, v in r.pair_neurons.items()},
                        "pair_scores": {m: {mode: _row_means(v) for mode, v in r.pair_scores[m].items()}
                                        for m in r.pair_scores},  # per neuron; None: mixes no pair
@@ -176,6 +195,7 @@ def run_protocol(args) -> dict:
         "load_avg_1min_end": common.load_avg(),
         "wall_s": round(wall, 1), "methods": list(PROTOCOL_METHODS), "n_seeds": n_seeds,
         "validation_world": "ToyWorld('test', seed=1)", "test_world": "ToyWorld('test')",
+        "world_variants": sorted(v for v in worlds if v is not None),  # worlds of the models' record.json
         "summary": summary, "pair_summary": pair_summary, "models": models,
     }
     print(f"\nwall time {wall:.0f} s; load average (1 min) at end: {result['load_avg_1min_end']}")
@@ -209,6 +229,54 @@ def probe_pairs(model, val, merged, min_refs: int = 5) -> list[dict]:
                 acc[m] = round(float(cross_val_score(clf, r.features[m][j][keep], y, cv=min(5, na, nb)).mean()), 4)
             rows.append({"neuron": n, "pair": [a, b], "n": [na, nb], "majority": round(max(na, nb) / (na + nb), 4),
                          "accuracy": acc})  # fmt: skip
+    return rows
+
+
+def peak_where(model, val, merged, min_refs: int = 5) -> list[dict]:
+    """Diagnostic, not part of the protocol: on the validation world, for every neuron with >=
+    ``min_refs`` references causally labelled with a member of a merged pair (per member), where
+    the neuron peaks on that object. The peak is the argmax of the neuron's ``layer4`` map; with
+    ``layer4`` at 1/4 of the image's resolution it covers a block of 4 x 4 pixels. Returned: the
+    mean share of that block's pixels on the object's frame (the outer ``_FRAME`` px of its box,
+    the part the two V2 composites share), inside the frame (where they differ) and outside the
+    object's box."""
+    layer = toyworld.LAYER
+    refs = collect_references(model, val, layer, n_ref=100, progress=False)
+    causal = toyworld.causal_concepts(model, val, layer, refs)  # [C, n_ref]
+    maps = {}
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: maps.__setitem__("out", o))
+    sc, s = val._scenes, toyworld.IMAGE_SIZE
+    grid = np.arange(s) + 0.5
+    gy, gx = np.meshgrid(grid, grid, indexing="ij")
+    rows = []
+    try:
+        for n in range(refs.n_channels):
+            for c in sorted({name for pair in merged for name in pair}):
+                cid = toyworld.CONCEPTS.index(c)
+                idx = refs.indices[n][causal[n] == cid]
+                if len(idx) < min_refs:
+                    continue
+                with torch.no_grad():
+                    model(val.images[idx])
+                fmap = maps["out"][:, n]  # [m, h, w]
+                h, w = fmap.shape[-2:]
+                flat = fmap.flatten(1).argmax(1)
+                shares = []
+                for i, f in zip(idx.tolist(), flat.tolist()):
+                    j = next(slot for slot, cc in val.objects(i) if cc == cid)
+                    r = sc["size"][i, j] / 2
+                    ax, ay = np.abs(gx - sc["cx"][i, j]), np.abs(gy - sc["cy"][i, j])
+                    box = (ax <= r) & (ay <= r)
+                    inner = (ax <= r - toyworld.world._FRAME) & (ay <= r - toyworld.world._FRAME)
+                    by, bx = (f // w) * s // h, (f % w) * s // w
+                    block = np.zeros((s, s), dtype=bool)
+                    block[by : by + s // h, bx : bx + s // w] = True
+                    shares.append([(block & box & ~inner).mean(), (block & inner).mean(), (block & ~box).mean()])
+                frame, inside, outside = (np.mean(shares, 0) / block.mean()).round(4).tolist()
+                rows.append({"neuron": n, "concept": c, "n": len(idx), "frame": frame, "inside": inside,
+                             "outside": outside})  # fmt: skip
+    finally:
+        handle.remove()
     return rows
 
 

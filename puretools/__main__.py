@@ -235,6 +235,8 @@ def _toy_train(args) -> None:
         kwargs["out_dir"] = args.out
     if args.merge:
         kwargs["merge"] = [tuple(m.split("+")) for m in args.merge]  # toyworld.train checks the names
+    if args.variant is not None:
+        kwargs["variant"] = args.variant
     record = toyworld.train(**kwargs)  # refuses to overwrite a checkpoint unless --force
     print({k: v for k, v in record.items() if not isinstance(v, (list, dict))})
 
@@ -344,6 +346,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--merge", action="append", default=None, metavar="A+B",
                    help="give concepts A and B one label (both outputs learn 'A or B'; the images are "
                         "unchanged); repeat for more pairs, e.g. --merge disc+checkerboard --merge square+dots")
+    t.add_argument("--variant", choices=sorted(toyworld.VARIANTS), default=None,
+                   help="train and test on a variant of the toy world (benchmarks/README.md; v2: stripes_h and "
+                        "dots inside one shared square frame), recorded in record.json (default: the default world)")
     t.set_defaults(func=_toy_train)
 
     p = sub.add_parser("demo", help="execute all notebooks headless and write HTML")

@@ -1,5 +1,6 @@
 """Tests of puretools.toyworld: the generator, its ground truth, the shipped toy model, training."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 from torch import nn
 
 from puretools import toyworld as tw
-from puretools.errors import WeightsNotFoundError
+from puretools.errors import PuretoolsError, WeightsNotFoundError
 from puretools.toyworld import training, world
 
 
@@ -450,3 +451,113 @@ def test_reference_concepts_default_to_causal_and_keep_the_dominant_ones(toy_mod
     assert torch.equal(causal, tw.causal_concepts(toy_model, data, tw.LAYER, refs, neurons=[0, 3]))
     assert torch.equal(dominant[1], tw.dominant_concepts(data.labels[refs.indices[3]]))
     assert (dominant >= 0).all() and (causal == -1).any()
+
+
+# --------------------------------------------------------------- variants (benchmarks/README.md)
+
+#: sha256 of the default world's pixels (and of test seed 0's first 50 masks and first 50 images without
+#: their first object), computed with the generator of main at commit 671ca86, before the variants were
+#: added: the default world (the shipped checkpoint's, every published number's) must not change.
+DEFAULT_WORLD_SHA256 = {
+    ("test", 3000, 0): "7512019539255f16c4d42ed211ce0250f98018de6c92edc0f1a863453bd4aae5",
+    ("test", 3000, 1): "178d506a13cf1c1d67acc81bf574de20cbb5568c8f40b825e9caf3b1b8d5fb15",
+    ("train", 2000, 0): "829e7405075b1232ed8a04c83b6206aaa104edc7ca8b408f7c8db054bee0dceb",
+    ("train", 2000, 1): "7ea8d3da2d7971609313e6cb826c3daac1c212a24595fb677f2a091ef08ec959",
+}
+DEFAULT_MASKS_SHA256 = "2232bc8f61c67f3c7f79080bfaf5a5f0cd0ecc2b6acb7032e3716531adbade67"
+DEFAULT_WITHOUT_SHA256 = "74b6edaa6f3d7b3c8956ea332ce3383063e35a89c20180783b2156ccec617e47"
+
+
+def _sha256(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("split, n, seed", list(DEFAULT_WORLD_SHA256))
+def test_the_default_world_renders_the_images_it_rendered_before_the_variants(split, n, seed):
+    assert _sha256(fresh(split, n, seed)) == DEFAULT_WORLD_SHA256[split, n, seed]
+
+
+def test_the_default_world_keeps_its_masks_and_re_renderings():
+    ds = tw.ToyWorld("test", n=3000)
+    assert ds.variant is None and repr(ds) == "ToyWorld(split='test', n=3000, seed=0)"
+    assert _sha256(torch.stack([ds.masks(i) for i in range(50)])) == DEFAULT_MASKS_SHA256
+    without = torch.stack([ds.render_without(i, [s for s, _ in ds.objects(i)][:1]) for i in range(50)])
+    assert _sha256(without) == DEFAULT_WITHOUT_SHA256
+
+
+def test_variant_v2_changes_only_the_two_composites_pixels():
+    default, v2 = tw.ToyWorld("test", n=1000), tw.ToyWorld("test", n=1000, variant="v2")
+    assert "variant='v2'" in repr(v2) and set(tw.VARIANTS["v2"]) == {"stripes_h", "dots"}
+    assert torch.equal(default.labels, v2.labels)  # the same scenes and labels
+    composite = [tw.CONCEPTS.index(c) for c in tw.VARIANTS["v2"]]
+    changed = (default.pixels != v2.pixels).any(1)  # [n, H, W]
+    for i in range(len(v2)):
+        own = torch.zeros(tw.IMAGE_SIZE, tw.IMAGE_SIZE, dtype=torch.bool)
+        for c in composite:
+            own |= v2.masks(i)[c]
+        assert not (changed[i] & ~own).any()  # nothing outside the composites' masks changes
+        assert bool(changed[i].any()) == bool(v2.labels[i, composite].any())
+        assert torch.equal(v2.masks(i)[composite].any(0), own)
+    i, slot = next((i, s) for i in range(len(v2)) for s, c in v2.objects(i) if c in composite)
+    assert torch.equal(v2.render_without(i, [slot]), default.render_without(i, [slot]))  # removing it: the same image
+
+
+def test_the_v2_composites_share_the_frame_and_differ_inside():
+    """One scene drawn with framed stripes and again with framed dots: the frame's pixels (a band
+    ``world._FRAME`` px wide inside the object's box, found here from the scene's centre and size)
+    are identical, the inside differs; the default world draws no frame there."""
+    ds = tw.ToyWorld("test", n=500)
+    stripes, dots = tw.CONCEPTS.index("stripes_h"), tw.CONCEPTS.index("dots")
+    rows = [(i, j) for i in range(len(ds)) for j, c in ds.objects(i) if c in (stripes, dots)][:20]
+    assert len(rows) == 20
+    grid = np.arange(tw.IMAGE_SIZE) + 0.5
+    gy, gx = np.meshgrid(grid, grid, indexing="ij")
+    for i, j in rows:
+        scene = {k: v[i : i + 1].copy() for k, v in ds._scenes.items()}
+        drawn = {}
+        for variant in (None, "v2"):
+            for c in (stripes, dots):
+                scene["concept"][0, j] = c
+                drawn[variant, c] = world._render(scene, variant=variant)[0][0].astype(int)  # [3, H, W]
+        r = scene["size"][0, j] / 2
+        ax, ay = np.abs(gx - scene["cx"][0, j]), np.abs(gy - scene["cy"][0, j])
+        box = (ax <= r) & (ay <= r)
+        frame = box & ~((ax <= r - world._FRAME) & (ay <= r - world._FRAME))
+        inside = box & ~frame
+        assert frame.sum() > 0 and inside.sum() > 0
+        a, b = drawn["v2", stripes], drawn["v2", dots]
+        assert np.array_equal(a[:, frame], b[:, frame])  # the shared frame
+        assert (a[:, inside] != b[:, inside]).any()  # different content
+        assert np.array_equal(a[:, ~box], b[:, ~box])  # and the rest of the image the same
+        # the frame is drawn in the object's colour (plus the image's noise): far from the background
+        assert np.abs(a[:, frame] - drawn[None, stripes][:, ~box].mean((1,), keepdims=True)).mean() > 30
+        assert (a[:, frame] != drawn[None, stripes][:, frame]).any()  # the default world has no frame
+
+
+def test_training_on_a_variant_uses_its_images_and_records_it(tmp_path, monkeypatch):
+    fed = []
+    real = training._normalize
+
+    def recording(pixels):
+        fed.append(pixels.clone())
+        return real(pixels)
+
+    monkeypatch.setattr(training, "_normalize", recording)
+    record = tw.train(tmp_path, n_train=64, max_batches=2, batch_size=32, epochs=1, verbose=False,
+                      widths=(4, 4, 8, 4), variant="v2", merge=[("stripes_h", "dots")])  # fmt: skip
+    assert record["variant"] == "v2" and record["merge"] == [["stripes_h", "dots"]]
+    train_pixels = torch.cat(fed[:2])  # the two training batches (one epoch); then the test split
+    v2, default = tw.ToyWorld("train", n=64, variant="v2"), tw.ToyWorld("train", n=64)
+    assert torch.equal(train_pixels.long().sum(0), v2.pixels.long().sum(0))
+    assert not torch.equal(v2.pixels, default.pixels)
+    assert torch.equal(torch.cat(fed[2:]), tw.ToyWorld("test", variant="v2").pixels)
+    assert "variant" not in tw.train(tmp_path / "plain", n_train=64, max_batches=1, verbose=False, widths=(4, 4, 8, 4))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: tw.ToyWorld("test", n=4, variant="v3"),
+    lambda: tw.train("/nonexistent", variant="V2", verbose=False),
+])  # fmt: skip
+def test_unknown_variants_are_refused(make):
+    with pytest.raises(PuretoolsError, match="variant"):
+        make()

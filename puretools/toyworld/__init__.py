@@ -36,6 +36,7 @@ from .world import (
     MEAN,
     SPLIT_SIZES,
     STD,
+    VARIANTS,
     ToyWorld,
     denormalize,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "MEAN",
     "SPLIT_SIZES",
     "STD",
+    "VARIANTS",
     "VIT_LAYER",
     "VIT_LOWER_LAYER",
     "ToyResNet",

@@ -17,7 +17,7 @@ from ..errors import PuretoolsError
 from ..files import atomic_save_file
 from .model import DATA_DIR, DEFAULT_STRIDES, DEFAULT_WIDTHS, _config, build_model
 from .vit import DEFAULT_VIT, VIT_FILE, VIT_RECORD, _vit_config, build_vit
-from .world import CONCEPTS, ToyWorld, _normalize
+from .world import CONCEPTS, VARIANTS, ToyWorld, _normalize
 
 __all__ = ["ARCHITECTURES", "train"]
 
@@ -128,6 +128,7 @@ def train(
     arch: str = "resnet",
     vit_config: dict | None = None,
     merge: Sequence[tuple[str, str]] | None = None,
+    variant: str | None = None,
 ) -> dict:
     """Train a toy model on the toy world; write ``model.safetensors`` and ``record.json``.
 
@@ -177,6 +178,10 @@ def train(
         network has no reason to tell them apart. The images are unchanged, and the test
         metrics in the record are against the merged labels (``record["merge"]``); causal
         labels and the benchmark still use the original concepts. Each concept in at most one pair.
+    variant : str, optional
+        Train and test on a variant of the toy world (a key of
+        :data:`puretools.toyworld.VARIANTS`, e.g. ``"v2"`` of ``benchmarks/README.md``), recorded
+        as ``record["variant"]`` so that the benchmark builds the same world. None: the default world.
 
     Returns
     -------
@@ -199,6 +204,8 @@ def train(
     if vit_config and arch != "vit":
         raise PuretoolsError("vit_config only applies to arch='vit'; the ResNet takes widths and strides.")
     merge = _check_merge(merge)
+    if variant is not None and variant not in VARIANTS:
+        raise PuretoolsError(f"variant must be None (the default world) or one of {sorted(VARIANTS)}, not {variant!r}.")
     defaults = ARCHITECTURES[arch]
     epochs = defaults["epochs"] if epochs is None else int(epochs)
     lr = defaults["lr"] if lr is None else float(lr)
@@ -224,20 +231,20 @@ def train(
     torch.set_num_threads(threads)
     try:
         return _train(Path(out_dir), epochs, seed, n_train, max_batches, verbose, builder, configure, files,
-                      batch_size, lr, weight_decay, merge)  # fmt: skip
+                      batch_size, lr, weight_decay, merge, variant)  # fmt: skip
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _train(out_dir, epochs, seed, n_train, max_batches, verbose, builder, configure, files, batch_size, lr,
-           weight_decay, merge=()) -> dict:  # fmt: skip
+           weight_decay, merge=(), variant=None) -> dict:  # fmt: skip
     from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
     threads = torch.get_num_threads()
     start, cpu_start = time.perf_counter(), time.process_time()
-    ds = ToyWorld("train", n=n_train)
-    test = ToyWorld("test")
+    ds = ToyWorld("train", n=n_train, variant=variant)
+    test = ToyWorld("test", variant=variant)
     targets = _merged_targets(ds.labels, merge)  # the labels themselves when nothing is merged
     model = builder()
     n_batches = len(ds) // batch_size if len(ds) >= batch_size else 1
@@ -281,6 +288,7 @@ def _train(out_dir, epochs, seed, n_train, max_batches, verbose, builder, config
         "seed": seed,
         "world_seed": 0,
         **({"merge": [list(p) for p in merge]} if merge else {}),
+        **({"variant": variant} if variant is not None else {}),
         "epochs": epochs,
         "steps": total,
         "batch_size": batch_size,

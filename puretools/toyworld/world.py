@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from ..data import register_dataset
 from ..errors import PuretoolsError
 
-__all__ = ["CONCEPTS", "IMAGE_SIZE", "MEAN", "SPLIT_SIZES", "STD", "ToyWorld", "denormalize"]
+__all__ = ["CONCEPTS", "IMAGE_SIZE", "MEAN", "SPLIT_SIZES", "STD", "VARIANTS", "ToyWorld", "denormalize"]
 
 #: Ground-truth concepts: 6 solid shapes, 4 two-colour textures, 6 thin strokes.
 CONCEPTS: tuple[str, ...] = (
@@ -33,6 +33,16 @@ _CHUNK = 500  # generated in fixed chunks, so a smaller split is a prefix of a l
 _MAX_OBJECTS = 3
 _OBJECT_COUNTS = (0.7, 0.2, 0.1)  # probabilities of 1, 2, 3 objects (before placement)
 _SIZE_RANGE = (8.0, 15.0)  # side of an object's bounding box, pixels
+
+#: Variants of the world (``benchmarks/README.md``, "Where circuits should matter"): per variant,
+#: the concepts drawn differently (concept -> drawing). The scenes (which concept where, sizes,
+#: colours, phases), the labels and the concept list are the default world's; only these
+#: concepts' pixels change. ``"v2"``: ``stripes_h`` and ``dots`` become composites that share a
+#: solid square outline (the frame) and differ only inside it (horizontal stripes vs dots).
+VARIANTS: dict[str, dict[str, str]] = {
+    "v2": {"stripes_h": "framed_stripes", "dots": "framed_dots"},
+}
+_FRAME = 1.5  # width of the composites' frame, pixels
 
 
 def _sample_scenes(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
@@ -103,6 +113,11 @@ def _shape(name: str, dx, dy, r, phase, period, width):
         theta = np.arctan2(dy, dx) + np.pi / 2
         return np.hypot(dx, dy) <= r * (0.42 + 0.58 * np.abs(np.cos(2.5 * theta)) ** 4), None
     px, py = dx + phase[..., 0], dy + phase[..., 1]
+    if name in ("framed_stripes", "framed_dots"):  # variant V2: the same frame, different content
+        inner = (ax <= r - _FRAME) & (ay <= r - _FRAME)
+        inner_name = {"framed_stripes": "stripes_h", "framed_dots": "dots"}[name]
+        content = _shape(inner_name, dx, dy, r, phase, period, width)[1]
+        return box, (box & ~inner) | content
     if name in ("stripes_h", "stripes_v", "checkerboard", "dots", "grid"):
         patch = (ax <= 0.85 * r) & (ay <= 0.85 * r)
         cell_x = np.floor(2 * px / period) % 2
@@ -139,8 +154,9 @@ def _shape(name: str, dx, dy, r, phase, period, width):
     raise ValueError(name)
 
 
-def _render(scenes: dict[str, np.ndarray], with_masks: bool = False):
+def _render(scenes: dict[str, np.ndarray], with_masks: bool = False, variant: str | None = None):
     """Images as uint8 [n, 3, S, S] and, if asked, per-object masks bool [n, 3, S, S]."""
+    drawings = VARIANTS[variant] if variant is not None else {}
     n, s = len(scenes["bg"]), IMAGE_SIZE
     grid = np.arange(s, dtype=np.float32) + 0.5
     gy, gx = np.meshgrid(grid, grid, indexing="ij")  # [S, S]
@@ -158,7 +174,7 @@ def _render(scenes: dict[str, np.ndarray], with_masks: bool = False):
             dx = gx[None] - col(scenes["cx"])
             dy = gy[None] - col(scenes["cy"])
             phase = scenes["phase"][idx, j].astype(np.float32)[:, None, None, :]
-            inside, pattern = _shape(name, dx, dy, col(scenes["size"]) / 2, phase,
+            inside, pattern = _shape(drawings.get(name, name), dx, dy, col(scenes["size"]) / 2, phase,
                                      col(scenes["period"]), col(scenes["width"]))  # fmt: skip
             fg = scenes["colour"][idx, j].astype(np.float32)[:, :, None, None]  # [m, 3, 1, 1]
             if pattern is None:
@@ -190,14 +206,14 @@ def _chunk_scenes(split: str, seed: int, chunk: int) -> dict[str, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=4)
-def _generate(split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def _generate(split: str, n: int, seed: int, variant: str | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Pixels uint8 [n, 3, S, S], labels [n, C] and scene parameters of a split (cached)."""
     pixels, labels, scenes = [], [], []
     for chunk in range(-(-n // _CHUNK)):
         sc = _chunk_scenes(split, seed, chunk)
         take = min(_CHUNK, n - chunk * _CHUNK)
         sc = {k: v[:take] for k, v in sc.items()}
-        pixels.append(_render(sc)[0])
+        pixels.append(_render(sc, variant=variant)[0])
         labels.append(_labels(sc))
         scenes.append(sc)
     merged = {k: np.concatenate([sc[k] for sc in scenes]) for k in scenes[0]}
@@ -245,6 +261,10 @@ class ToyWorld(Dataset):
         so ``ToyWorld(split, n=8)`` holds the first 8 images of ``ToyWorld(split)``.
     seed : int
         Seed of the world; the same seed gives identical images.
+    variant : str, optional
+        A key of :data:`VARIANTS`: the same scenes and labels, with some concepts drawn
+        differently (``"v2"``: ``stripes_h`` and ``dots`` inside one shared square frame). None
+        (default): the world of the shipped checkpoint and the notebooks.
 
     Attributes
     ----------
@@ -284,14 +304,17 @@ class ToyWorld(Dataset):
 
     concept_names: tuple[str, ...] = CONCEPTS
 
-    def __init__(self, split: str = "test", n: int | None = None, seed: int = 0) -> None:
+    def __init__(self, split: str = "test", n: int | None = None, seed: int = 0, variant: str | None = None) -> None:
         if split not in _STREAMS:
             raise PuretoolsError(f"Unknown toy-world split {split!r}; use 'train' or 'test'.")
         n = SPLIT_SIZES[split] if n is None else int(n)
         if n < 1:
             raise PuretoolsError(f"A toy world needs n >= 1 images, got n={n}.")
-        self.split, self.n, self.seed = split, n, seed
-        self.pixels, self.labels, self._scenes = _generate(split, n, seed)
+        if variant is not None and variant not in VARIANTS:
+            raise PuretoolsError(f"Unknown toy-world variant {variant!r}; use None (the default world) or one of "
+                                 f"{sorted(VARIANTS)}.")  # fmt: skip
+        self.split, self.n, self.seed, self.variant = split, n, seed, variant
+        self.pixels, self.labels, self._scenes = _generate(split, n, seed, variant)
 
     def __len__(self) -> int:
         return self.n
@@ -361,20 +384,21 @@ class ToyWorld(Dataset):
                     )
                 placed[r, slot] = False
         scene["placed"] = placed
-        return _normalize(torch.from_numpy(_render(scene)[0]))
+        return _normalize(torch.from_numpy(_render(scene, variant=self.variant)[0]))
 
     def masks(self, i: int) -> torch.Tensor:
         """Location masks BoolTensor [n_concepts, H, W] of image ``i``; empty for absent ones."""
         i = self._index(i)
         scene = {k: v[i : i + 1] for k, v in self._scenes.items()}
-        _, obj = _render(scene, with_masks=True)
+        _, obj = _render(scene, with_masks=True, variant=self.variant)
         out = torch.zeros(len(CONCEPTS), IMAGE_SIZE, IMAGE_SIZE, dtype=torch.bool)
         for j in np.nonzero(scene["placed"][0])[0]:
             out[scene["concept"][0, j]] |= torch.from_numpy(obj[0, j])
         return out
 
     def __repr__(self) -> str:
-        return f"ToyWorld(split={self.split!r}, n={self.n}, seed={self.seed})"
+        variant = "" if self.variant is None else f", variant={self.variant!r}"
+        return f"ToyWorld(split={self.split!r}, n={self.n}, seed={self.seed}{variant})"
 
 
 register_dataset("toy", lambda split: ToyWorld(split=split))  # load_dataset("toy:test"), the command line's --data
