@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 test: $(STAMP) chromium
 	$(PY) -m pytest
 
-FAST := not slow and not notebook and not browser and not subprocess and not distributed
+FAST := not slow and not notebook and not browser and not subprocess and not distributed and not benchmark
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "$(FAST)"
 
