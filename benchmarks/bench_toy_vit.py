@@ -145,14 +145,19 @@ def token_mean_activations(model, data, indices: torch.Tensor) -> torch.Tensor:
     return acts.reshape(*indices.shape, -1)
 
 
-def run(args) -> dict:
+def setup(args):
+    """Machine header, the toy ViT (shipped or ``--weights``), its record, layers and test images."""
     info = common.start(None, torch.device("cpu"), args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
     path = Path(args.weights) if args.weights else toyworld.DATA_DIR / "vit.safetensors"
     record = json.loads((path.parent / "vit_record.json").read_text())
     layer, lower = record["config"]["layer"], record["config"]["lower_layer"]  # VIT_LAYER, VIT_LOWER_LAYER
     model = pt.load_model("toy-vit", weights=path)
-    data = toyworld.ToyWorld("test", n=args.n_images)
+    return info, path, record, layer, lower, model, toyworld.ToyWorld("test", n=args.n_images)
+
+
+def run(args) -> dict:
+    info, path, record, layer, lower, model, data = setup(args)
     times, start = {}, time.perf_counter()
 
     t = time.perf_counter()
@@ -297,13 +302,7 @@ def peak_features_by_hand(planted, data, indices: torch.Tensor, read_layer: str 
 
 
 def run_planted(args) -> dict:
-    info = common.start(None, torch.device("cpu"), args.threads)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    path = Path(args.weights) if args.weights else toyworld.DATA_DIR / "vit.safetensors"
-    record = json.loads((path.parent / "vit_record.json").read_text())
-    layer, lower = record["config"]["layer"], record["config"]["lower_layer"]  # VIT_LAYER, VIT_LOWER_LAYER
-    model = pt.load_model("toy-vit", weights=path)
-    data = toyworld.ToyWorld("test", n=args.n_images)
+    info, path, record, layer, lower, model, data = setup(args)
     names = toyworld.CONCEPTS
     times, start = {}, time.perf_counter()
 
