@@ -24,6 +24,7 @@ import torch  # noqa: E402
 import puretools as pt  # noqa: E402
 import puretools.config  # noqa: E402
 from puretools import toyworld  # noqa: E402
+from puretools.virtual import kmeans_labels  # noqa: E402
 from puretools.widgets import explorer_figure, prepare_explorer  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent
@@ -75,8 +76,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\npolysemantic neurons of {toyworld.LAYER} ({refs.n_channels} channels, causal labels): {poly}")
     print(f"neuron {neuron}: {shares_text(truth)} of its {int((truth >= 0).sum())} causally labelled "
           f"references ({int((truth < 0).sum())} of {refs.n_ref} have no single cause)")
-    for method in ("PURE", "activations"):
-        labels = torch.as_tensor(explorer_data.labels(0, method, 2))
+    # the explorer clusters PURE and the peak-location baseline; the paper's spatial mean beside them
+    mean_acts = pt.activation_features(model, data, toyworld.LAYER, refs, neurons=[neuron], where="mean")[0]
+    clusterings = {"PURE": explorer_data.labels(0, "PURE", 2),
+                   f"activations ({explorer_data.baseline})": explorer_data.labels(0, "activations", 2),
+                   "activations (mean)": kmeans_labels(mean_acts.double().numpy(), 2, seed=0)[0]}  # fmt: skip
+    for method, labels in clusterings.items():
+        labels = torch.as_tensor(labels)
         for c in range(2):
             print(f"  {method} virtual neuron {c}: {int((labels == c).sum())} references, {shares_text(truth[labels == c], 2)}")
         print(f"  {method} vs causal labels (k = 2):", toyworld.ground_truth_scores(labels, truth))
@@ -85,8 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     ks = [int((toyworld.label_shares(causal[n], n_concepts) >= 0.2).sum()) for n in poly]
     circuits = pt.circuit_attributions(model, data, toyworld.LAYER, toyworld.LOWER_LAYER, refs, neurons=poly,
                                        cache_dir=cache, progress=False)
-    acts = pt.activation_features(model, data, toyworld.LAYER, refs, neurons=poly)
-    for name, features in (("PURE", circuits), ("activations", acts)):
+    acts = {where: pt.activation_features(model, data, toyworld.LAYER, refs, neurons=poly, where=where)
+            for where in ("mean", "peak")}  # fmt: skip
+    for name, features in (("PURE", circuits), ("activations (mean)", acts["mean"]),
+                           ("activations (peak)", acts["peak"])):  # fmt: skip
         vn = pt.VirtualNeurons(seed=0).fit(features, k=ks)
         ari = [toyworld.ground_truth_scores(vn.labels[j], causal[n])["ari"] for j, n in enumerate(poly)]
         print(f"mean ARI over the {len(poly)} polysemantic neurons, {name}: {sum(ari) / len(ari):.2f}")
