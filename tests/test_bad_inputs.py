@@ -102,6 +102,16 @@ def vn_with(c, **changes):
 
 
 # (id, call, exception type, phrase of the message). Calls take the context ``c``.
+def _reference_cases(name, fn):
+    """The four bad-reference cases of a function called as ``fn(model, data, layer, references, ...)``."""
+    return [
+        (f"{name}-neurons", lambda c: fn(c.model, c.data, LAYER, c.refs, neurons=[99]), E, "99"),
+        (f"{name}-layer", lambda c: fn(c.model, c.data, "layer3", c.refs), E, "collected at layer"),
+        (f"{name}-batch", lambda c: fn(c.model, c.data, LAYER, c.refs, batch_size=0), E, "batch_size"),
+        (f"{name}-dataset", lambda c: fn(c.model, c.other_data, LAYER, c.refs), E, "another data set"),
+    ]
+
+
 CASES = [
     # ---------------------------------------------------------------- checks (the shared layer)
     ("check_int-float", lambda c: check_int(2.5, "n_ref"), E, "not truncated"),
@@ -216,14 +226,7 @@ CASES = [
     ("VirtualNeurons-n_init", lambda c: pt.VirtualNeurons(n_init=0), E, "n_init"),
     ("VirtualNeurons-k_range", lambda c: pt.VirtualNeurons(k_range=(5, 2)), E, "k_range"),
     ("VirtualNeurons-seed", lambda c: pt.VirtualNeurons(seed=1.5), E, "seed"),
-    ("activation_features-neurons", lambda c: pt.activation_features(c.model, c.data, LAYER, c.refs, neurons=[99]), E,
-     "99"),
-    ("activation_features-layer", lambda c: pt.activation_features(c.model, c.data, "layer3", c.refs), E,
-     "collected at layer"),
-    ("activation_features-batch", lambda c: pt.activation_features(c.model, c.data, LAYER, c.refs, batch_size=0), E,
-     "batch_size"),
-    ("activation_features-dataset", lambda c: pt.activation_features(c.model, c.other_data, LAYER, c.refs), E,
-     "another data set"),
+    *_reference_cases("activation_features", lambda *a, **kw: pt.activation_features(*a, **kw)),
     # ---------------------------------------------------------------- routing
     ("route-vn-other-pair", lambda c: pt.route_images(c.model, c.images, LAYER, LOWER, c.vn_other_pair), E,
      "fitted for layer 'layer3'"),
@@ -402,14 +405,7 @@ CASES = [
                                                                       size=0), E, "size"),  # fmt: skip
     ("patches_from_heatmaps-alpha", lambda c: pt.patches_from_heatmaps(torch.rand(2, 3, 16, 16),
                                                                        torch.rand(2, 16, 16), alpha=2), E, "alpha"),
-    ("reference_heatmaps-neurons", lambda c: pt.reference_heatmaps(c.model, c.data, LAYER, c.refs, neurons=[99]), E,
-     "99"),
-    ("reference_heatmaps-layer", lambda c: pt.reference_heatmaps(c.model, c.data, "layer3", c.refs), E,
-     "collected at layer"),
-    ("reference_heatmaps-batch", lambda c: pt.reference_heatmaps(c.model, c.data, LAYER, c.refs, batch_size=0), E,
-     "batch_size"),
-    ("reference_heatmaps-dataset", lambda c: pt.reference_heatmaps(c.model, c.other_data, LAYER, c.refs), E,
-     "another data set"),
+    *_reference_cases("reference_heatmaps", lambda *a, **kw: pt.reference_heatmaps(*a, **kw)),
     ("reference_patches-neuron", lambda c: pt.reference_patches(c.model, c.data, LAYER, c.refs, neuron=99), E, "99"),
     ("reference_patches-neuron-float", lambda c: pt.reference_patches(c.model, c.data, LAYER, c.refs, neuron=1.5), E,
      "1.5"),
