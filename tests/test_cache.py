@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
 import puretools as pt
+from conftest import FailAfterCheckpoint
 from puretools import cache, files
 
 HERE = Path(__file__).parent
@@ -479,21 +480,6 @@ def test_changing_a_reference_image_is_a_circuits_cache_miss(tmp_path, vgg):
         pt.circuit_attributions(vgg, data, "features.9", "features.6", refs, **kw)
 
 
-class _FailAfterCheckpoint(torch.utils.data.Dataset):
-    """The images of ``data``; reading fails once a circuits checkpoint exists in ``folder``."""
-
-    def __init__(self, data, folder):
-        self.data, self.folder = data, folder
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, i):
-        if any(self.folder.glob("circuits-partial-*")):
-            raise OSError(f"disk error reading item {i}")
-        return self.data[i]
-
-
 def test_a_forged_circuits_checkpoint_is_not_trusted(tmp_path):
     """A checkpoint with a valid checksum but another prefix hash (other images) is recomputed, not resumed."""
     from safetensors import safe_open
@@ -504,7 +490,7 @@ def test_a_forged_circuits_checkpoint_is_not_trusted(tmp_path):
     kw = dict(batch_size=16, image_chunk=10, progress=False)
     clean = pt.circuit_attributions(model, data, "layer4", "layer3", refs, **kw)
     with pytest.raises(OSError, match="disk error"):  # the same data set type in both runs: the same cache key
-        pt.circuit_attributions(model, _FailAfterCheckpoint(data, tmp_path), "layer4", "layer3", refs.indices,
+        pt.circuit_attributions(model, FailAfterCheckpoint(data, tmp_path / "circuits-partial-*"), "layer4", "layer3", refs.indices,
                                 cache_dir=tmp_path, checkpoint_every=1, **kw)
     (partial,) = tmp_path.glob("circuits-partial-*.safetensors")
     with safe_open(partial, "pt") as f:
@@ -513,6 +499,6 @@ def test_a_forged_circuits_checkpoint_is_not_trusted(tmp_path):
     meta["checksum"] = cache._checksum(tensors)  # consistent in itself: only the prefix hash can tell
     save_file(tensors, str(partial), metadata=meta)
     with pytest.warns(RuntimeWarning, match="does not match the reference images"):
-        again = pt.circuit_attributions(model, _FailAfterCheckpoint(data, tmp_path / "never"), "layer4", "layer3",
+        again = pt.circuit_attributions(model, FailAfterCheckpoint(data, tmp_path / "never" / "x"), "layer4", "layer3",
                                         refs.indices, cache_dir=tmp_path, checkpoint_every=1, **kw)
     assert torch.equal(again, clean)

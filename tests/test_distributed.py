@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 import puretools as pt
+from conftest import FailAfterCheckpoint
 from puretools import distributed, toyworld
 
 WORLD = 2
@@ -79,21 +80,6 @@ class Plain(Flaky):
     """Flaky without a fingerprint: hashed image by image as the images stream by (like ToyWorld)."""
 
     fingerprint = None
-
-
-class FailAfterCheckpoint(Dataset):
-    """The images of ``data``; reading fails once a file matching ``pattern`` exists (a checkpoint)."""
-
-    def __init__(self, data, pattern: Path):
-        self.data, self.pattern = data, pattern
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, i):
-        if any(self.pattern.parent.glob(self.pattern.name)):
-            raise OSError(f"disk error reading item {i}")
-        return self.data[i]
 
 
 def fields(refs):
