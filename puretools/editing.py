@@ -14,7 +14,7 @@ from .circuits import normalize_circuits, subnetwork
 from .errors import PuretoolsError
 from .forward import prepare_model
 from .layouts import Layout, layer_layout
-from .models import get_module, lrp_composite
+from .models import FORWARD_HOOK_DICTS, get_module, lrp_composite
 from .routing import Method, _check_fitted, _check_method
 from .subnet import subnetwork_input
 from .virtual import VirtualNeurons
@@ -23,8 +23,7 @@ __all__ = ["HOOK_DICTS", "VirtualEdit", "edit_virtual_neurons", "private_copy"]
 
 #: The hook dictionaries of a torch module (what an edit must leave empty behind it).
 HOOK_DICTS = (
-    "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-    "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called",
+    *FORWARD_HOOK_DICTS, "_backward_hooks", "_backward_pre_hooks",
     "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
 )
 

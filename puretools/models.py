@@ -30,6 +30,7 @@ from .transformer_lrp import (
 )
 
 __all__ = [
+    "FORWARD_HOOK_DICTS",
     "TORCHVISION_RESNETS",
     "CanonizerReport",
     "TimmResNetCanonizer",
@@ -452,14 +453,14 @@ def canonizer_report(model: nn.Module, canonizers: list[Canonizer] | None = None
 
 
 #: The hook dictionaries of a torch module that run during a forward pass.
-_FORWARD_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
+FORWARD_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
                   "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")  # fmt: skip
 
 
 @contextlib.contextmanager
 def _hooks_set_aside(model: nn.Module):
     """Every module's forward hooks emptied for the block, then put back as they were."""
-    kept = [(m, name, getattr(m, name)) for m in model.modules() for name in _FORWARD_HOOKS
+    kept = [(m, name, getattr(m, name)) for m in model.modules() for name in FORWARD_HOOK_DICTS
             if getattr(m, name, None)]  # fmt: skip
     try:
         for m, name, hooks in kept:
