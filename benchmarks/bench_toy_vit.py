@@ -156,6 +156,15 @@ def setup(args):
     return info, path, record, layer, lower, model, toyworld.ToyWorld("test", n=args.n_images)
 
 
+def summary(benchmark: str, info: dict, wall: float, times: dict) -> dict:
+    """Print the wall time (by step) and the end-of-run load; the result's common fields."""
+    load_end = common.load_avg()
+    print(f"\nwall time {wall:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in times.items())}); "
+          f"load average (1 min) at end: {load_end:.2f}")
+    return {"benchmark": benchmark, "argv": sys.argv[1:], "machine": info, "load_avg_1min_end": load_end,
+            "wall_s": round(wall, 1), "times_s": {k: round(v, 1) for k, v in times.items()}}
+
+
 def run(args) -> dict:
     info, path, record, layer, lower, model, data = setup(args)
     times, start = {}, time.perf_counter()
@@ -261,13 +270,8 @@ def _finish(args, info, record, layer, lower, data, neurons_info, natural, ks, u
         print(f"{name:15s}{s['ari_ground_truth_k']:24.2f}{s['ari_silhouette_k']:22.2f}   {s['silhouette_k']}")
     for name, s in scores.items():
         print(f"  {name} per neuron (k = ground truth): {s['per_neuron_ground_truth_k']}")
-    load_end = common.load_avg()
-    print(f"\nwall time {wall:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in times.items())}); "
-          f"load average (1 min) at end: {load_end:.2f}")
     result = {
-        "benchmark": "bench_toy_vit", "argv": sys.argv[1:], "machine": info,
-        "load_avg_1min_end": load_end, "wall_s": round(wall, 1),
-        "times_s": {k: round(v, 1) for k, v in times.items()},
+        **summary("bench_toy_vit", info, wall, times),
         "model": {"sha256": record["sha256"], "config": record["config"],
                   "exact_match_accuracy": record["exact_match_accuracy"], "macro_f1": record["macro_f1"],
                   "mean_per_concept_accuracy": record["mean_per_concept_accuracy"]},  # fmt: skip
@@ -397,12 +401,8 @@ def run_planted(args) -> dict:
               f"{sc['ari_silhouette_mean']:11.3f} +- {sc['ari_silhouette_sd_seeds']:.3f}{sc['silhouette_k_mean']:8.2f}")
     for name, sc in scores.items():
         print(f"  {name} per pair (k = 2, mean over seeds): {sc['per_pair_k2_mean_seeds']}")
-    load_end = common.load_avg()
-    print(f"\nwall time {wall:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in times.items())}); "
-          f"load average (1 min) at end: {load_end:.2f}")
     result = {
-        "benchmark": "bench_toy_vit --planted", "argv": sys.argv[1:], "machine": info,
-        "load_avg_1min_end": load_end, "wall_s": round(wall, 1), "times_s": {k: round(v, 1) for k, v in times.items()},
+        **summary("bench_toy_vit --planted", info, wall, times),
         "model": {"sha256": record["sha256"], "config": record["config"]},
         "layer": layer, "lower_layer": lower, "planted_layer": planted.layer, "n_ref": args.n_ref, "n_images": len(data),
         "seeds": args.seeds, "top_concept": [names[c] if c >= 0 else None for c in top],
