@@ -15,22 +15,6 @@ from puretools.config import cache_dir
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-class FailAfterCheckpoint(torch.utils.data.Dataset):
-    """The images of ``data``; reading fails once a file matching ``pattern`` exists (a checkpoint),
-    as a disk error would part-way through a resumable run."""
-
-    def __init__(self, data, pattern):
-        self.data, self.pattern = data, pattern
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, i):
-        if any(self.pattern.parent.glob(self.pattern.name)):
-            raise OSError(f"disk error reading item {i}")
-        return self.data[i]
-
-
 def zero_biases(model: nn.Module) -> nn.Module:
     """Biases (LayerNorm shifts too), position embeddings and class tokens set to zero, in place:
     then LRP must conserve relevance exactly (the LRP tests' set-up)."""

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from failing_data import FailAfterCheckpoint
 from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
 import puretools as pt
-from conftest import FailAfterCheckpoint
 from puretools import cache, files
 
 HERE = Path(__file__).parent

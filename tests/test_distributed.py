@@ -18,13 +18,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from failing_data import FailAfterCheckpoint
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 import puretools as pt
-from conftest import FailAfterCheckpoint
 from puretools import distributed, toyworld
 
 WORLD = 2
